@@ -4,6 +4,7 @@
 #include <ctime>
 
 #include <boost/json.hpp>
+#include <fmt/format.h>
 
 #include "base/hash.h"
 

@@ -1,0 +1,70 @@
+// The HTTP API of SPEC section 2 as a plain function of a request: no sockets here, so the
+// whole contract (routes, status codes, headers, error bodies) is testable without a server.
+// The http module turns Beast messages into ApiRequest and ApiResponse back into bytes.
+//
+// Threading: handle() runs on the engine thread; `done` is called on that thread, either
+// before handle() returns or later (after the change is durable).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "base/clock.h"
+#include "base/metrics.h"
+#include "delivery/transport.h"
+#include "engine/timer_engine.h"
+#include "model/request.h"
+
+namespace skyring {
+
+struct ApiRequest {
+  std::string_view method;    // "GET", "POST", ...
+  std::string_view target;    // path and query, as received
+  std::string_view timer_id;  // x-timer-id header, empty if absent
+  std::string_view body;
+};
+
+struct ApiResponse {
+  int status = 200;
+  std::string content_type = "application/json";
+  std::string body;
+  std::vector<std::pair<std::string, std::string>> headers;  // Location, x-skyring-reason, ...
+};
+
+struct ApiOptions {
+  std::string node_id;
+  ParseLimits parse;
+};
+
+class Api {
+ public:
+  using Done = std::function<void(ApiResponse)>;
+  Api(TimerEngine& engine, const TransportRegistry& transports, Registry& metrics,
+      const Clock& clock, ApiOptions options);
+
+  void handle(const ApiRequest& req, Done done);
+
+  // The uniform error answer: status, x-skyring-reason header and {"error": message}.
+  static ApiResponse error(int status, std::string_view message);
+  static int status_for(Errc code);
+
+ private:
+  void create(const ApiRequest& req, Done done);
+  void replace(std::string id, const ApiRequest& req, Done done);
+  void list(std::string_view query, Done done);
+  Result<TimerRecord> parse_body(const ApiRequest& req);
+  ApiResponse health() const;
+
+  TimerEngine& engine_;
+  const TransportRegistry& transports_;
+  Registry& metrics_;
+  const Clock& clock_;
+  const ApiOptions options_;
+  Histogram& latency_;
+};
+
+}  // namespace skyring

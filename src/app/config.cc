@@ -1,0 +1,260 @@
+#include "app/config.h"
+
+#include <charconv>
+#include <functional>
+#include <optional>
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+#include <toml++/toml.h>
+
+namespace skyring {
+namespace {
+
+struct Option {
+  const char* name;  // flag without dashes; env SKYRING_<NAME>; TOML key name (or name_with_underscores)
+  const char* help;
+  std::function<Result<void>(Config&, const std::string&)> set;
+  bool repeatable = false;
+};
+
+tl::unexpected<Error> bad(const char* name, std::string why) {
+  return fail(Errc::kInvalidArgument, fmt::format("--{}: {}", name, why));
+}
+
+template <typename T>
+Result<T> parse_uint(const char* name, const std::string& v, T min, T max) {
+  uint64_t n = 0;
+  auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
+  if (ec != std::errc() || p != v.data() + v.size() || n < min || n > max) {
+    return bad(name, fmt::format("'{}' is not an integer from {} to {}", v, min, max));
+  }
+  return static_cast<T>(n);
+}
+
+template <typename T>
+std::function<Result<void>(Config&, const std::string&)> uint_field(const char* name, T Config::*f,
+                                                                    T min, T max) {
+  return [=](Config& c, const std::string& v) -> Result<void> {
+    auto n = parse_uint<T>(name, v, min, max);
+    if (!n) return tl::unexpected(n.error());
+    c.*f = *n;
+    return {};
+  };
+}
+
+std::function<Result<void>(Config&, const std::string&)> duration_field(const char* name,
+                                                                        int64_t Config::*f,
+                                                                        int64_t min_ms) {
+  return [=](Config& c, const std::string& v) -> Result<void> {
+    auto d = parse_duration_ms(v);
+    if (!d) return bad(name, d.error().message);
+    if (*d < min_ms) return bad(name, fmt::format("must be at least {} ms", min_ms));
+    c.*f = *d;
+    return {};
+  };
+}
+
+std::function<Result<void>(Config&, const std::string&)> string_field(std::string Config::*f) {
+  return [=](Config& c, const std::string& v) -> Result<void> {
+    c.*f = v;
+    return {};
+  };
+}
+
+std::function<Result<void>(Config&, const std::string&)> choice_field(
+    const char* name, std::string Config::*f, std::vector<std::string> choices) {
+  return [=](Config& c, const std::string& v) -> Result<void> {
+    for (const auto& ch : choices) {
+      if (v == ch) {
+        c.*f = v;
+        return {};
+      }
+    }
+    return bad(name, fmt::format("'{}' is not one of {}", v, fmt::join(choices, ", ")));
+  };
+}
+
+const std::vector<Option>& options() {
+  static const std::vector<Option> opts = {
+      {"port", "HTTP port (0 = pick a free one and log it)",
+       uint_field<uint16_t>("port", &Config::port, 0, 65535)},
+      {"host", "HTTP bind address", string_field(&Config::host)},
+      {"data-dir", "storage directory", string_field(&Config::data_dir)},
+      {"storage", "rocksdb (durable) or memory (nothing survives a restart)",
+       choice_field("storage", &Config::storage, {"rocksdb", "memory"})},
+      {"node-id", "stable identity of this node (default: generated once, kept in the data dir)",
+       string_field(&Config::node_id)},
+      {"nats", "NATS server URL(s), comma separated: join a cluster", string_field(&Config::nats)},
+      {"cluster", "cluster name", string_field(&Config::cluster)},
+      {"advertise", "host:port peers use to reach this node's HTTP API",
+       string_field(&Config::advertise)},
+      {"log-level", "trace, debug, info, warn, error",
+       choice_field("log-level", &Config::log_level, {"trace", "debug", "info", "warn", "error"})},
+      {"log-format", "text or json", choice_field("log-format", &Config::log_format, {"text", "json"})},
+      {"retention", "how long completed timers stay readable (e.g. 24h, 30m)",
+       duration_field("retention", &Config::retention_ms, 1000)},
+      {"transport", "path of a transport plugin (repeatable)",
+       [](Config& c, const std::string& v) -> Result<void> {
+         c.transports.push_back(v);
+         return {};
+       },
+       true},
+      {"max-connections", "open HTTP connections at most",
+       uint_field<size_t>("max-connections", &Config::max_connections, 1, 1'000'000)},
+      {"idle-timeout", "close a connection that sends nothing for this long",
+       duration_field("idle-timeout", &Config::idle_timeout_ms, 100)},
+      {"delivery-timeout", "time limit of one delivery attempt",
+       duration_field("delivery-timeout", &Config::delivery_timeout_ms, 10)},
+      {"max-inflight", "delivery attempts in flight per node",
+       uint_field<size_t>("max-inflight", &Config::max_inflight, 1, 1'000'000)},
+      {"max-inflight-per-destination", "delivery attempts in flight per destination",
+       uint_field<size_t>("max-inflight-per-destination", &Config::max_inflight_per_destination, 1,
+                          1'000'000)},
+      {"max-pending-writes", "accepted changes waiting for storage before 503",
+       uint_field<size_t>("max-pending-writes", &Config::max_pending_writes, 1, 10'000'000)},
+      {"max-queued-deliveries", "deliveries queued inside a transport",
+       uint_field<size_t>("max-queued-deliveries", &Config::max_queued_deliveries, 1, 10'000'000)},
+      {"shutdown-timeout", "how long a graceful stop waits for in-flight work",
+       duration_field("shutdown-timeout", &Config::shutdown_timeout_ms, 0)},
+  };
+  return opts;
+}
+
+std::string env_name(const char* name) {
+  std::string e = "SKYRING_";
+  for (const char* p = name; *p; ++p) {
+    e.push_back(*p == '-' ? '_' : static_cast<char>(std::toupper(static_cast<unsigned char>(*p))));
+  }
+  return e;
+}
+
+std::optional<std::string> toml_scalar(const toml::node& n) {
+  if (auto s = n.value<std::string>(); s && n.is_string()) return *s;
+  if (n.is_integer()) return std::to_string(*n.value<int64_t>());
+  if (n.is_boolean()) return *n.value<bool>() ? "true" : "false";
+  if (n.is_floating_point()) return fmt::format("{}", *n.value<double>());
+  return std::nullopt;
+}
+
+}  // namespace
+
+Result<int64_t> parse_duration_ms(std::string_view text) {
+  size_t i = 0;
+  while (i < text.size() && text[i] >= '0' && text[i] <= '9') ++i;
+  if (i == 0) return fail(Errc::kInvalidArgument, fmt::format("'{}' is not a duration (e.g. 500ms, 30s, 24h)", text));
+  int64_t n = 0;
+  auto [p, ec] = std::from_chars(text.data(), text.data() + i, n);
+  if (ec != std::errc()) return fail(Errc::kInvalidArgument, fmt::format("'{}' is too large", text));
+  std::string_view unit = text.substr(i);
+  int64_t mult = 0;
+  if (unit.empty() || unit == "ms") mult = 1;
+  else if (unit == "s") mult = 1000;
+  else if (unit == "m") mult = 60'000;
+  else if (unit == "h") mult = 3'600'000;
+  else if (unit == "d") mult = 86'400'000;
+  else return fail(Errc::kInvalidArgument, fmt::format("'{}' has an unknown unit (ms, s, m, h, d)", text));
+  if (n > INT64_MAX / mult) return fail(Errc::kInvalidArgument, fmt::format("'{}' is too large", text));
+  return n * mult;
+}
+
+Result<Config> load_config(const std::vector<std::string>& args,
+                           const std::map<std::string, std::string>& env) {
+  CLI::App app{"skyring run: start a node"};
+  app.allow_extras(false);
+  app.set_help_flag();
+  std::map<std::string, std::vector<std::string>> flags;
+  std::string config_flag;
+  app.add_option("--config", config_flag, "TOML file");
+  for (const Option& o : options()) {
+    auto* opt = app.add_option(std::string("--") + o.name, flags[o.name], o.help);
+    if (!o.repeatable) opt->expected(1);
+  }
+  std::vector<std::string> reversed(args.rbegin(), args.rend());
+  try {
+    app.parse(reversed);
+  } catch (const CLI::ParseError& e) {
+    return fail(Errc::kInvalidArgument, e.what());
+  }
+
+  std::string config_file = config_flag;
+  if (config_file.empty()) {
+    if (auto it = env.find("SKYRING_CONFIG"); it != env.end()) config_file = it->second;
+  }
+  std::map<std::string, std::vector<std::string>> file_values;
+  if (!config_file.empty()) {
+    toml::table tbl;
+    try {
+      tbl = toml::parse_file(config_file);
+    } catch (const toml::parse_error& e) {
+      return fail(Errc::kInvalidArgument,
+                  fmt::format("--config {}: {}", config_file, std::string(e.description())));
+    }
+    for (auto&& [k, node] : tbl) {
+      std::string key(k.str());
+      for (char& c : key) {
+        if (c == '_') c = '-';
+      }
+      const Option* match = nullptr;
+      for (const Option& o : options()) {
+        if (key == o.name) match = &o;
+      }
+      if (match == nullptr) {
+        return fail(Errc::kInvalidArgument,
+                    fmt::format("--config {}: unknown key '{}'", config_file, std::string(k.str())));
+      }
+      if (auto* arr = node.as_array()) {
+        for (auto& el : *arr) {
+          auto v = toml_scalar(el);
+          if (!v) return fail(Errc::kInvalidArgument, fmt::format("--config {}: '{}' has an unsupported value", config_file, key));
+          file_values[key].push_back(*v);
+        }
+      } else {
+        auto v = toml_scalar(node);
+        if (!v) return fail(Errc::kInvalidArgument, fmt::format("--config {}: '{}' has an unsupported value", config_file, key));
+        file_values[key].push_back(*v);
+      }
+    }
+  }
+
+  Config c;
+  c.config_file = config_file;
+  for (const Option& o : options()) {
+    std::vector<std::string> values;
+    if (!flags[o.name].empty()) {
+      values = flags[o.name];
+    } else if (auto it = env.find(env_name(o.name)); it != env.end()) {
+      if (o.repeatable) {
+        // Comma separated list in the environment.
+        std::string_view s = it->second;
+        while (!s.empty()) {
+          size_t comma = s.find(',');
+          values.emplace_back(s.substr(0, comma));
+          s = comma == std::string_view::npos ? std::string_view() : s.substr(comma + 1);
+        }
+      } else {
+        values.push_back(it->second);
+      }
+    } else if (auto f = file_values.find(o.name); f != file_values.end()) {
+      values = f->second;
+    }
+    if (!o.repeatable && values.size() > 1) {
+      return fail(Errc::kInvalidArgument, fmt::format("--{}: given more than once", o.name));
+    }
+    for (const std::string& v : values) {
+      if (auto r = o.set(c, v); !r) return tl::unexpected(r.error());
+    }
+  }
+  return c;
+}
+
+std::string config_help() {
+  std::string out =
+      "Usage: skyring run [options]\n\nEvery option is also an environment variable "
+      "SKYRING_<OPTION> (upper case, dashes as underscores) and a key in the --config TOML "
+      "file. Precedence: flag > environment > file > default.\n\n  --config FILE\n      TOML file\n";
+  for (const Option& o : options()) out += fmt::format("  --{} VALUE\n      {}\n", o.name, o.help);
+  return out;
+}
+
+}  // namespace skyring

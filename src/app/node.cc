@@ -1,0 +1,160 @@
+#include "app/node.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <random>
+
+#include <fmt/format.h>
+
+#include "api/api.h"
+#include "base/clock.h"
+#include "base/log.h"
+#include "base/metrics.h"
+#include "base/version.h"
+#include "delivery/http_transport.h"
+#include "engine/timer_engine.h"
+#include "http/io_loop.h"
+#include "http/server.h"
+#include "storage/group_committer.h"
+#include "storage/kv.h"
+#include "storage/timer_store.h"
+
+namespace skyring {
+namespace {
+
+int config_error(const std::string& msg) {
+  std::fprintf(stderr, "skyring: error: %s\n", msg.c_str());
+  return 2;
+}
+
+Result<void> prepare_data_dir(const std::string& dir) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) return fail(Errc::kIo, fmt::format("--data-dir {}: cannot create: {}", dir, ec.message()));
+  if (access(dir.c_str(), W_OK | X_OK) != 0) {
+    return fail(Errc::kIo, fmt::format("--data-dir {}: not writable: {}", dir, std::strerror(errno)));
+  }
+  return {};
+}
+
+std::string random_node_id() {
+  std::random_device rd;
+  return fmt::format("node-{:08x}{:04x}", rd(), rd() & 0xffff);
+}
+
+}  // namespace
+
+int run_node(const Config& config) {
+  if (!config.nats.empty()) {
+    return config_error("--nats: clustering is not available in this build yet; run standalone");
+  }
+  if (!config.transports.empty()) {
+    return config_error("--transport: transport plugins are not available in this build yet");
+  }
+  SystemClock clock;
+  Registry metrics;
+
+  std::unique_ptr<Kv> kv;
+  bool durable = config.storage == "rocksdb";
+  if (durable) {
+    if (auto r = prepare_data_dir(config.data_dir); !r) return config_error(r.error().message);
+    auto opened = open_rocks_kv(config.data_dir, RocksOptions{});
+    if (!opened) return config_error(opened.error().message);
+    kv = std::move(*opened);
+  } else {
+    kv = make_memory_kv();
+  }
+  TimerStore store(*kv);
+  if (auto r = store.open(); !r) return config_error(fmt::format("--data-dir {}: {}", config.data_dir, r.error().message));
+
+  std::string node_id = config.node_id;
+  auto stored_id = store.meta("node-id");
+  if (!stored_id) return config_error(stored_id.error().message);
+  if (node_id.empty()) node_id = stored_id->value_or(random_node_id());
+  if (!*stored_id || **stored_id != node_id) {
+    if (auto r = store.set_meta("node-id", node_id); !r) return config_error(r.error().message);
+  }
+
+  TransportRegistry transports;
+  HttpTransportOptions http_opts;
+  http_opts.max_queue = config.max_queued_deliveries;
+  http_opts.max_connections_total = config.max_inflight;
+  http_opts.max_connections_per_host = config.max_inflight_per_destination;
+  transports.add(std::make_unique<HttpTransport>(http_opts));
+
+  IoLoop loop(clock);
+  CommitterOptions copts;
+  copts.sync = durable;
+  copts.max_queue_ops = config.max_pending_writes * 4 + config.max_inflight * 4 + 65536;
+  CommitterProbe cprobe;
+  cprobe.commit_seconds = &metrics.histogram("skyring_storage_commit_seconds",
+                                             "Latency of one group commit (write + fsync)",
+                                             latency_buckets_seconds());
+  cprobe.group_size = &metrics.histogram("skyring_storage_commit_batch_size",
+                                         "Changes per group commit",
+                                         {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096});
+  GroupCommitter committer(*kv, loop, copts, cprobe);
+
+  EngineOptions eopts;
+  eopts.max_inflight = config.max_inflight;
+  eopts.max_inflight_per_destination = config.max_inflight_per_destination;
+  eopts.max_unsettled = config.max_pending_writes;
+  eopts.retention_us = config.retention_ms * 1000;
+  eopts.delivery_timeout_ms = config.delivery_timeout_ms;
+  TimerEngine engine(clock, loop, loop, store, committer, transports, eopts,
+                     EngineProbe::make(metrics));
+  int64_t t0 = monotonic_us();
+  auto recovered = engine.recover();
+  if (!recovered) return config_error(fmt::format("recovery failed: {}", recovered.error().message));
+  log::info("recovered {} waiting timers in {} ms (storage {}, node {})", *recovered,
+            (monotonic_us() - t0) / 1000, config.storage, node_id);
+
+  ApiOptions aopts;
+  aopts.node_id = node_id;
+  Api api(engine, transports, metrics, clock, aopts);
+  HttpServerOptions sopts;
+  sopts.host = config.host;
+  sopts.port = config.port;
+  sopts.max_connections = config.max_connections;
+  sopts.idle_timeout_ms = config.idle_timeout_ms;
+  HttpServer server(loop, sopts, [&api](const ApiRequest& r, Api::Done d) { api.handle(r, std::move(d)); },
+                    metrics);
+  auto port = server.start();
+  if (!port) return config_error(port.error().message);
+
+  loop.set_on_wake([&engine] { engine.tick(); });
+  loop.every(1000, [&engine] { engine.housekeeping(); });
+  int signal_seen = 0;
+  loop.on_shutdown_signal([&](int sig) {
+    signal_seen = sig;
+    loop.stop();
+  });
+  log::info("skyring {} listening on {}:{} (node {})", kVersion, config.host, *port, node_id);
+  engine.tick();
+  loop.run();
+
+  log::info("shutting down (signal {}): draining requests and deliveries", signal_seen);
+  server.stop_accepting();
+  engine.stop_firing();
+  int64_t budget = config.shutdown_timeout_ms;
+  loop.run_until([&] { return server.drained() && engine.inflight() == 0; }, budget);
+  if (engine.inflight() > 0) {
+    log::warn("{} deliveries still in flight after {} ms; aborting them (they stay owed)",
+              engine.inflight(), budget);
+  }
+  // Aborted attempts report back through the loop; keep it turning while transports stop.
+  std::thread stopper([&] { transports.stop_all(); });
+  loop.run_until([&] { return engine.inflight() == 0; }, 5000);
+  stopper.join();
+  loop.run_until([&] { return engine.backlog() == 0; }, 10000);
+  committer.stop();
+  loop.run_until([&] { return engine.backlog() == 0; }, 1000);
+  log::info("stopped: {} timers waiting in storage", engine.waiting());
+  return 0;
+}
+
+}  // namespace skyring

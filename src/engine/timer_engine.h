@@ -1,0 +1,193 @@
+// TimerEngine: the state machine of every timer this node holds.
+//
+// Operation
+//   * Every pending/retrying/executing timer has a Slot in memory (its id, next attempt time,
+//     state: ~100 bytes with the map node) and sits in a TimerHeap. Payloads stay in storage
+//     and are read when the timer is due, so millions of far-future timers cost little RAM.
+//   * A change (create, replace, cancel, an attempt's outcome, a purge) updates memory at once
+//     and is handed to the Committer. Until it is durable the new record is kept in
+//     `unsettled_`, so every read sees the newest state; a reply that reports it waits until it
+//     is durable. A timer fires only once its record is durable, so nothing is delivered that a
+//     crash could take back.
+//   * tick() starts attempts for due timers (next_us <= now: never early), bounded per node and
+//     per destination; a timer whose destination is saturated is parked in that destination's
+//     FIFO and its slot in the heap given up, so a dead destination never delays the others.
+//   * Outcomes: success -> succeeded; retryable failure with attempts left -> retrying with
+//     exponential backoff and jitter; otherwise failed (a dead letter). Final records stay for
+//     the retention window and are purged by housekeeping().
+//
+// Concurrency
+//   Single-threaded: every method runs on the engine's Executor thread. Transports and the
+//   committer call back through that Executor.
+//
+// Limitations
+//   A storage write failure is fail-stop: the engine refuses all further work (kUnavailable)
+//   and stops firing; /health reports it. The operator restarts the node, which recovers from
+//   what is durable.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <random>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "base/clock.h"
+#include "base/executor.h"
+#include "base/metrics.h"
+#include "base/result.h"
+#include "delivery/transport.h"
+#include "engine/timer_heap.h"
+#include "model/timer.h"
+#include "storage/group_committer.h"
+#include "storage/timer_store.h"
+
+namespace skyring {
+
+struct EngineOptions {
+  size_t max_inflight = 1024;                 // delivery attempts in flight per node
+  size_t max_inflight_per_destination = 128;  // ... per destination
+  size_t max_unsettled = 200'000;             // changes accepted but not yet durable
+  int64_t retention_us = 24LL * 3600 * 1'000'000;
+  int64_t delivery_timeout_ms = 10'000;
+  size_t purge_batch = 2000;                  // final records purged per housekeeping()
+  size_t max_list = 1000;                     // page size limit for list()
+};
+
+// The engine's single re-armable wake-up. The driver calls TimerEngine::tick() at or after
+// the time given (never needs to be exact: tick() re-arms itself).
+class Wakeup {
+ public:
+  virtual ~Wakeup() = default;
+  virtual void wake_at(int64_t due_us) = 0;
+};
+
+struct EngineProbe {
+  Counter* created = nullptr;
+  Counter* replaced = nullptr;
+  Counter* cancelled = nullptr;
+  Counter* delivered = nullptr;
+  Counter* failed = nullptr;
+  Counter* retried = nullptr;
+  Counter* purged = nullptr;
+  Gauge* pending = nullptr;
+  Gauge* inflight = nullptr;
+  Histogram* lateness_seconds = nullptr;
+  static EngineProbe make(Registry& r);
+};
+
+struct CreateResult {
+  std::string id;
+  bool created = true;  // false: an identical create was answered again
+};
+
+struct ListPage {
+  std::vector<TimerRecord> timers;
+  std::string next_cursor;  // empty when this is the last page
+};
+
+class TimerEngine {
+ public:
+  template <typename T>
+  using Reply = std::function<void(Result<T>)>;
+
+  TimerEngine(const Clock& clock, Executor& executor, Wakeup& wakeup, TimerStore& store,
+              Committer& committer, const TransportRegistry& transports, EngineOptions options,
+              EngineProbe probe = {});
+
+  // Loads every waiting timer from storage. Call once, before anything else.
+  Result<size_t> recover();
+
+  // `r` comes from parse_timer_request(); r.id empty means "generate one".
+  void create(TimerRecord r, Reply<CreateResult> done);
+  void replace(TimerRecord r, Reply<void> done);
+  void cancel(const std::string& id, Reply<void> done);
+  void get(const std::string& id, Reply<TimerRecord> done);
+  void list(State state, const std::string& cursor, size_t limit, Reply<ListPage> done);
+
+  // Starts attempts for every due timer the limits allow.
+  void tick();
+  // Purges final records past their retention. Call about once a second.
+  void housekeeping();
+
+  // Graceful stop: no new attempts start; requests get kUnavailable.
+  void stop_firing();
+  size_t inflight() const { return inflight_.size(); }
+  size_t waiting() const { return slots_.size(); }
+  // Changes handed to the committer and not yet durable.
+  uint64_t backlog() const { return submitted_seq_ - durable_seq_; }
+  bool failed() const { return failed_; }
+  const std::string& failure() const { return failure_; }
+
+ private:
+  struct Slot : HeapSlot {
+    const std::string* id = nullptr;
+    uint64_t write_seq = 0;  // commit that made the current state durable
+    State state = State::kPending;
+    bool parked = false;
+  };
+  struct Unsettled {
+    std::optional<TimerRecord> record;  // nullopt: purged
+    uint64_t seq = 0;
+  };
+  struct Lookup {
+    std::optional<TimerRecord> record;
+    uint64_t seq = 0;  // reply only once this commit is durable
+  };
+  struct InFlight {
+    TimerRecord record;
+    std::string destination;
+  };
+
+  Result<void> admit() const;
+  Result<Lookup> lookup(const std::string& id);
+  uint64_t submit(KvBatch batch, TimerRecord record, std::function<void(Result<void>)> done);
+  void after_durable(uint64_t seq, std::function<void()> fn);
+  void on_committed(uint64_t seq, const Result<void>& r);
+  void schedule_tick();
+  void arm();
+  void enqueue(Slot* s);
+  void dequeue(Slot* s);
+  void erase_slot(const std::string& id);
+  bool start_attempt(Slot* s);
+  void on_delivered(const std::string& id, DeliveryResult result);
+  void finish(TimerRecord r, State state);
+  void unpark(const std::string& destination);
+  std::string generate_id();
+  int64_t purge_at(const TimerRecord& r) const { return r.completed_us + options_.retention_us; }
+
+  const Clock& clock_;
+  Executor& executor_;
+  Wakeup& wakeup_;
+  TimerStore& store_;
+  Committer& committer_;
+  const TransportRegistry& transports_;
+  const EngineOptions options_;
+  EngineProbe probe_;
+
+  std::unordered_map<std::string, Slot> slots_;
+  TimerHeap<Slot> heap_;
+  std::unordered_map<std::string, Unsettled> unsettled_;
+  std::unordered_map<std::string, InFlight> inflight_;
+  std::unordered_map<std::string, size_t> per_destination_;
+  std::unordered_map<std::string, std::deque<std::string>> parked_;
+  std::deque<std::pair<uint64_t, std::function<void()>>> waiters_;
+
+  uint64_t submitted_seq_ = 0;
+  uint64_t durable_seq_ = 0;
+  int64_t armed_us_ = INT64_MAX;
+  bool tick_posted_ = false;
+  bool firing_ = true;
+  bool failed_ = false;
+  std::string failure_;
+  std::mt19937_64 rng_;
+  std::string id_prefix_;
+  uint64_t id_counter_ = 0;
+};
+
+}  // namespace skyring

@@ -1,0 +1,201 @@
+#include "http/server.h"
+
+#include <list>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <fmt/format.h>
+
+#include "base/log.h"
+#include "base/version.h"
+#include "http/io_loop_impl.h"
+
+namespace skyring {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using tcp = asio::ip::tcp;
+constexpr auto kTuple = asio::as_tuple(asio::use_awaitable);
+
+struct HttpServer::Impl : std::enable_shared_from_this<HttpServer::Impl> {
+  struct Conn {
+    beast::tcp_stream* stream = nullptr;
+    bool busy = false;
+  };
+
+  Impl(IoLoop& l, HttpServerOptions o, HttpHandler h, Registry& m)
+      : loop(l),
+        options(std::move(o)),
+        handler(std::move(h)),
+        acceptor(l.impl().io),
+        accepted(m.counter("skyring_http_connections_total", "HTTP connections accepted")),
+        rejected(m.counter("skyring_http_connections_rejected_total",
+                           "HTTP connections closed at once: over the connection limit")),
+        requests(m.counter("skyring_http_requests_total", "HTTP requests answered")),
+        open(m.gauge("skyring_http_connections", "Open HTTP connections")) {}
+
+  asio::awaitable<void> accept_loop() {
+    auto self = shared_from_this();
+    for (;;) {
+      auto [ec, sock] = co_await acceptor.async_accept(kTuple);
+      if (ec) {
+        if (!acceptor.is_open() || stopping) co_return;
+        log::warn("accept failed: {}", ec.message());
+        continue;
+      }
+      if (conns.size() >= options.max_connections) {
+        rejected.inc();
+        beast::error_code ignored;
+        sock.close(ignored);
+        continue;
+      }
+      accepted.inc();
+      asio::co_spawn(loop.impl().io, session(std::move(sock)), asio::detached);
+    }
+  }
+
+  ApiResponse simple_error(int status, std::string_view msg) { return Api::error(status, msg); }
+
+  asio::awaitable<void> write_response(beast::tcp_stream& stream, ApiResponse r, bool keep_alive,
+                                       bool head, unsigned version, bool& ok) {
+    http::response<http::string_body> res{static_cast<http::status>(r.status), version};
+    res.set(http::field::server, fmt::format("skyring/{}", kVersion));
+    res.set(http::field::content_type, r.content_type);
+    for (auto& [k, v] : r.headers) res.set(k, v);
+    res.keep_alive(keep_alive);
+    res.body() = std::move(r.body);
+    res.prepare_payload();
+    stream.expires_after(std::chrono::milliseconds(options.idle_timeout_ms));
+    beast::error_code ec;
+    if (head) {
+      http::response_serializer<http::string_body> sr{res};
+      std::tie(ec, std::ignore) = co_await http::async_write_header(stream, sr, kTuple);
+    } else {
+      std::tie(ec, std::ignore) = co_await http::async_write(stream, res, kTuple);
+    }
+    requests.inc();
+    ok = !ec;
+  }
+
+  asio::awaitable<void> session(tcp::socket sock) {
+    auto self = shared_from_this();
+    beast::tcp_stream stream(std::move(sock));
+    beast::error_code opt_ec;
+    stream.socket().set_option(tcp::no_delay(true), opt_ec);
+    auto it = conns.insert(conns.end(), Conn{&stream, false});
+    open.set(static_cast<int64_t>(conns.size()));
+    beast::flat_buffer buffer;
+    while (!stopping) {
+      http::request_parser<http::string_body> parser;
+      parser.header_limit(static_cast<std::uint32_t>(options.max_header_bytes));
+      parser.body_limit(options.max_body_bytes);
+      stream.expires_after(std::chrono::milliseconds(options.idle_timeout_ms));
+      auto [ec, n] = co_await http::async_read_header(stream, buffer, parser, kTuple);
+      bool ok = true;
+      if (!ec) {
+        it->busy = true;
+        auto& hdr = parser.get();
+        if (beast::iequals(hdr[http::field::expect], "100-continue")) {
+          http::response<http::empty_body> cont{http::status::continue_, hdr.version()};
+          std::tie(ec, std::ignore) = co_await http::async_write(stream, cont, kTuple);
+        }
+        if (!ec) std::tie(ec, n) = co_await http::async_read(stream, buffer, parser, kTuple);
+      }
+      if (ec) {
+        // Answer what the client can fix; drop connections that went away or stalled.
+        int status = 0;
+        std::string msg;
+        if (ec == http::error::body_limit) {
+          status = 413;
+          msg = fmt::format("body is larger than {} bytes", options.max_body_bytes);
+        } else if (ec == http::error::header_limit) {
+          status = 431;
+          msg = fmt::format("headers are larger than {} bytes", options.max_header_bytes);
+        } else if (ec.category() == beast::error_code(http::error::end_of_stream).category() &&
+                   ec != http::error::end_of_stream && ec != http::error::partial_message) {
+          status = 400;
+          msg = fmt::format("malformed HTTP request: {}", ec.message());
+        }
+        if (status != 0) {
+          co_await write_response(stream, simple_error(status, msg), false, false, 11, ok);
+        }
+        break;
+      }
+      auto& req = parser.get();
+      ApiRequest areq;
+      areq.method = std::string_view(req.method_string().data(), req.method_string().size());
+      areq.target = std::string_view(req.target().data(), req.target().size());
+      auto tid = req["x-timer-id"];
+      areq.timer_id = std::string_view(tid.data(), tid.size());
+      areq.body = req.body();
+      ApiResponse resp = co_await asio::async_initiate<decltype(asio::use_awaitable), void(ApiResponse)>(
+          [this, &areq](auto h) {
+            auto shared = std::make_shared<decltype(h)>(std::move(h));
+            handler(areq, [shared](ApiResponse r) { (*shared)(std::move(r)); });
+          },
+          asio::use_awaitable);
+      bool keep = req.keep_alive() && !stopping;
+      co_await write_response(stream, std::move(resp), keep, req.method() == http::verb::head,
+                              req.version(), ok);
+      it->busy = false;
+      if (!ok || !keep) break;
+    }
+    beast::error_code ignored;
+    stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
+    stream.close();
+    conns.erase(it);
+    open.set(static_cast<int64_t>(conns.size()));
+  }
+
+  IoLoop& loop;
+  HttpServerOptions options;
+  HttpHandler handler;
+  tcp::acceptor acceptor;
+  std::list<Conn> conns;
+  bool stopping = false;
+  Counter& accepted;
+  Counter& rejected;
+  Counter& requests;
+  Gauge& open;
+};
+
+HttpServer::HttpServer(IoLoop& loop, HttpServerOptions options, HttpHandler handler,
+                       Registry& metrics)
+    : impl_(std::make_shared<Impl>(loop, std::move(options), std::move(handler), metrics)) {}
+
+HttpServer::~HttpServer() = default;
+
+Result<uint16_t> HttpServer::start() {
+  beast::error_code ec;
+  auto addr = asio::ip::make_address(impl_->options.host, ec);
+  if (ec) return fail(Errc::kInvalidArgument, fmt::format("--host {} is not an IP address", impl_->options.host));
+  tcp::endpoint ep(addr, impl_->options.port);
+  auto& a = impl_->acceptor;
+  a.open(ep.protocol(), ec);
+  if (!ec) a.set_option(asio::socket_base::reuse_address(true), ec);
+  if (!ec) a.bind(ep, ec);
+  if (!ec) a.listen(asio::socket_base::max_listen_connections, ec);
+  if (ec) {
+    return fail(Errc::kIo, fmt::format("cannot listen on {}:{}: {}", impl_->options.host,
+                                       impl_->options.port, ec.message()));
+  }
+  uint16_t port = a.local_endpoint().port();
+  asio::co_spawn(impl_->loop.impl().io, impl_->accept_loop(), asio::detached);
+  return port;
+}
+
+void HttpServer::stop_accepting() {
+  impl_->stopping = true;
+  beast::error_code ec;
+  impl_->acceptor.close(ec);
+  for (auto& c : impl_->conns) {
+    if (!c.busy) c.stream->socket().cancel(ec);
+  }
+}
+
+bool HttpServer::drained() const { return impl_->conns.empty(); }
+size_t HttpServer::connections() const { return impl_->conns.size(); }
+
+}  // namespace skyring

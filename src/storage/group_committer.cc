@@ -1,0 +1,94 @@
+#include "storage/group_committer.h"
+
+#include <memory>
+
+#include "base/clock.h"
+#include "base/log.h"
+
+namespace skyring {
+
+GroupCommitter::GroupCommitter(Kv& kv, Executor& completions, CommitterOptions options,
+                               CommitterProbe probe)
+    : kv_(kv), completions_(completions), options_(options), probe_(probe) {
+  thread_ = std::thread([this] { run(); });
+}
+
+GroupCommitter::~GroupCommitter() { stop(); }
+
+Result<void> GroupCommitter::submit(KvBatch batch, CommitDone done) {
+  size_t n = batch.size() == 0 ? 1 : batch.size();
+  {
+    std::lock_guard lock(mu_);
+    if (failed_) return fail(Errc::kUnavailable, "storage failed earlier; restart the node");
+    if (stopping_) return fail(Errc::kUnavailable, "storage is shutting down");
+    if (queued_ops_ + n > options_.max_queue_ops)
+      return fail(Errc::kOverloaded, "storage write queue is full");
+    queued_ops_ += n;
+    queue_.push_back(Item{std::move(batch), std::move(done)});
+  }
+  cv_.notify_one();
+  return {};
+}
+
+void GroupCommitter::stop() {
+  {
+    std::lock_guard lock(mu_);
+    if (stopping_ && !thread_.joinable()) return;
+    stopping_ = true;
+  }
+  cv_.notify_one();
+  if (thread_.joinable()) thread_.join();
+}
+
+void GroupCommitter::run() {
+  std::vector<Item> group;
+  KvBatch merged;
+  for (;;) {
+    {
+      std::unique_lock lock(mu_);
+      cv_.wait(lock, [&] { return !queue_.empty() || stopping_; });
+      if (queue_.empty()) return;  // stopping and drained
+      // Take a prefix of the queue bounded by max_group_ops (always at least one item).
+      size_t ops = 0, take = 0;
+      while (take < queue_.size()) {
+        size_t n = queue_[take].batch.size() == 0 ? 1 : queue_[take].batch.size();
+        if (take > 0 && ops + n > options_.max_group_ops) break;
+        ops += n;
+        ++take;
+      }
+      if (take == queue_.size()) {
+        group.swap(queue_);
+      } else {
+        group.assign(std::make_move_iterator(queue_.begin()),
+                     std::make_move_iterator(queue_.begin() + static_cast<ptrdiff_t>(take)));
+        queue_.erase(queue_.begin(), queue_.begin() + static_cast<ptrdiff_t>(take));
+      }
+      queued_ops_ -= ops;
+    }
+    merged.clear();
+    for (Item& it : group) {
+      for (KvOp& op : it.batch) merged.push_back(std::move(op));
+    }
+    Result<void> r;
+    if (!merged.empty()) {
+      int64_t start = monotonic_us();
+      r = kv_.write(merged, options_.sync);
+      if (probe_.commit_seconds) probe_.commit_seconds->observe((monotonic_us() - start) / 1e6);
+    }
+    if (probe_.group_size) probe_.group_size->observe(static_cast<double>(group.size()));
+    if (!r) {
+      log::error("storage write failed, refusing further writes: {}", r.error().message);
+      std::lock_guard lock(mu_);
+      failed_ = true;
+    }
+    auto dones = std::make_shared<std::vector<CommitDone>>();
+    dones->reserve(group.size());
+    for (Item& it : group) dones->push_back(std::move(it.done));
+    group.clear();
+    completions_.post([dones, r] {
+      for (CommitDone& d : *dones) d(r);
+    });
+  }
+}
+
+}  // namespace skyring

@@ -1,0 +1,82 @@
+// GroupCommitter: many writers, one fsync.
+//
+// Operation: submit() queues a batch with its completion; a single committer thread takes
+// everything queued (up to max_group_ops operations), writes it as ONE atomic Kv batch with
+// sync, then hands all completions of that group to the completion Executor as ONE task, in
+// submit order. So a group of N requests costs one fsync and one cross-thread hand-off.
+//
+// Concurrency: submit() may be called from any thread. Completions run on the Executor given
+// to the constructor (the engine thread), never on the caller's stack.
+//
+// Failure: a failed write fails every completion of its group and makes the committer
+// sticky-failed: every later submit() fails at once with kUnavailable. Nothing after a failed
+// write is acknowledged, so acknowledged state never runs ahead of what is on disk.
+//
+// Limits: at most max_queue_ops operations wait at once; submit() beyond that returns
+// kOverloaded without queuing (the caller answers 503).
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "base/executor.h"
+#include "base/metrics.h"
+#include "base/result.h"
+#include "storage/kv.h"
+
+namespace skyring {
+
+using CommitDone = std::function<void(Result<void>)>;
+
+struct CommitterOptions {
+  size_t max_queue_ops = 1'000'000;
+  size_t max_group_ops = 65'536;
+  bool sync = true;
+};
+
+struct CommitterProbe {
+  Histogram* commit_seconds = nullptr;  // latency of one group write
+  Histogram* group_size = nullptr;      // submits per group
+};
+
+// What the engine needs from a committer; the engine tests use a manual fake.
+class Committer {
+ public:
+  virtual ~Committer() = default;
+  virtual Result<void> submit(KvBatch batch, CommitDone done) = 0;
+};
+
+class GroupCommitter final : public Committer {
+ public:
+  GroupCommitter(Kv& kv, Executor& completions, CommitterOptions options, CommitterProbe probe = {});
+  ~GroupCommitter() override;
+
+  Result<void> submit(KvBatch batch, CommitDone done) override;
+  // Writes what is queued, then stops the thread. Idempotent.
+  void stop();
+
+ private:
+  struct Item {
+    KvBatch batch;
+    CommitDone done;
+  };
+  void run();
+
+  Kv& kv_;
+  Executor& completions_;
+  const CommitterOptions options_;
+  CommitterProbe probe_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<Item> queue_;
+  size_t queued_ops_ = 0;
+  bool stopping_ = false;
+  bool failed_ = false;
+  std::thread thread_;
+};
+
+}  // namespace skyring

@@ -1,0 +1,165 @@
+#include "storage/timer_store.h"
+
+#include <fmt/format.h>
+
+#include "model/codec.h"
+
+namespace skyring {
+namespace {
+
+std::string key_t(std::string_view id) { return fmt::format("t/{}", id); }
+std::string key_p(std::string_view id) { return fmt::format("p/{}", id); }
+std::string key_s(State s, std::string_view id) {
+  std::string k = "s/";
+  k.push_back(static_cast<char>(s));
+  k.append(id);
+  return k;
+}
+void put_be64(std::string& k, uint64_t v) {
+  for (int i = 7; i >= 0; --i) k.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+}
+uint64_t get_be64(std::string_view b) {
+  uint64_t v = 0;
+  for (int i = 0; i < 8; ++i) v = (v << 8) | static_cast<uint8_t>(b[i]);
+  return v;
+}
+std::string key_e(int64_t purge_at_us, State s, std::string_view id) {
+  std::string k = "e/";
+  put_be64(k, static_cast<uint64_t>(purge_at_us));
+  k.push_back(static_cast<char>(s));
+  k.append(id);
+  return k;
+}
+std::string pending_value(const TimerRecord& r) {
+  std::string v;
+  uint64_t n = static_cast<uint64_t>(r.next_us);
+  for (int i = 0; i < 8; ++i) v.push_back(static_cast<char>((n >> (8 * i)) & 0xff));
+  v.push_back(static_cast<char>(r.state));
+  return v;
+}
+
+// Keys strictly after prefix+cursor and still under prefix.
+Result<std::vector<std::string>> list_ids(Kv& kv, const std::string& prefix, std::string_view cursor,
+                                          size_t limit,
+                                          const std::function<bool(std::string_view)>& keep) {
+  std::vector<std::string> ids;
+  std::string start = prefix;
+  start.append(cursor);
+  if (!cursor.empty()) start.push_back('\0');
+  std::string end = prefix;
+  end.back() = static_cast<char>(end.back() + 1);
+  auto r = kv.scan(start, end, [&](std::string_view k, std::string_view v) {
+    if (keep(v)) ids.emplace_back(k.substr(prefix.size()));
+    return ids.size() < limit;
+  });
+  if (!r) return tl::unexpected(r.error());
+  return ids;
+}
+
+}  // namespace
+
+Result<void> TimerStore::open() {
+  auto current = meta("format");
+  if (!current) return tl::unexpected(current.error());
+  if (!*current) {
+    auto any = false;
+    auto r = kv_.scan("", "\xff", [&](std::string_view, std::string_view) {
+      any = true;
+      return false;
+    });
+    if (!r) return r;
+    if (any) return fail(Errc::kCorruption, "storage has data but no format marker");
+    return set_meta("format", kStorageFormat);
+  }
+  if (**current != kStorageFormat) {
+    return fail(Errc::kCorruption,
+                fmt::format("storage format is '{}', this build reads '{}'", **current, kStorageFormat));
+  }
+  return {};
+}
+
+Result<std::optional<std::string>> TimerStore::meta(std::string_view name) {
+  return kv_.get(fmt::format("m/{}", name));
+}
+
+Result<void> TimerStore::set_meta(std::string_view name, std::string_view value) {
+  return kv_.write({KvOp{KvOp::Kind::kPut, fmt::format("m/{}", name), std::string(value)}}, true);
+}
+
+Result<std::optional<TimerRecord>> TimerStore::get(std::string_view id) {
+  auto raw = kv_.get(key_t(id));
+  if (!raw) return tl::unexpected(raw.error());
+  if (!*raw) return std::optional<TimerRecord>();
+  auto rec = decode_record(**raw);
+  if (!rec) return tl::unexpected(rec.error());
+  if (rec->id != id) return fail(Errc::kCorruption, fmt::format("record under {} names {}", id, rec->id));
+  return std::optional<TimerRecord>(std::move(*rec));
+}
+
+void TimerStore::put_waiting(KvBatch& b, const TimerRecord& r) {
+  SKYRING_ASSERT(awaits_attempt(r.state), "put_waiting needs a pending or retrying record");
+  b.push_back({KvOp::Kind::kPut, key_t(r.id), encode_record(r)});
+  b.push_back({KvOp::Kind::kPut, key_p(r.id), pending_value(r)});
+}
+
+void TimerStore::put_final(KvBatch& b, const TimerRecord& r, int64_t purge_at_us) {
+  SKYRING_ASSERT(is_final(r.state), "put_final needs a final record");
+  b.push_back({KvOp::Kind::kPut, key_t(r.id), encode_record(r)});
+  b.push_back({KvOp::Kind::kDelete, key_p(r.id), {}});
+  b.push_back({KvOp::Kind::kPut, key_s(r.state, r.id), {}});
+  b.push_back({KvOp::Kind::kPut, key_e(purge_at_us, r.state, r.id), {}});
+}
+
+void TimerStore::purge(KvBatch& b, std::string_view id, State state, int64_t purge_at_us) {
+  b.push_back({KvOp::Kind::kDelete, key_t(id), {}});
+  b.push_back({KvOp::Kind::kDelete, key_s(state, id), {}});
+  b.push_back({KvOp::Kind::kDelete, key_e(purge_at_us, state, id), {}});
+}
+
+Result<void> TimerStore::scan_waiting(const std::function<bool(const PendingEntry&)>& fn) {
+  Error bad{Errc::kCorruption, ""};
+  bool corrupt = false;
+  auto r = kv_.scan("p/", "p0", [&](std::string_view k, std::string_view v) {
+    if (v.size() != 9 || !awaits_attempt(static_cast<State>(v[8]))) {
+      corrupt = true;
+      bad.message = fmt::format("pending index entry for {} is corrupt", k.substr(2));
+      return false;
+    }
+    uint64_t n = 0;
+    for (int i = 0; i < 8; ++i) n |= static_cast<uint64_t>(static_cast<uint8_t>(v[i])) << (8 * i);
+    return fn(PendingEntry{k.substr(2), static_cast<int64_t>(n), static_cast<State>(v[8])});
+  });
+  if (!r) return r;
+  if (corrupt) return tl::unexpected(bad);
+  return {};
+}
+
+Result<std::vector<TimerStore::Expired>> TimerStore::expired(int64_t now_us, size_t limit) {
+  std::vector<Expired> out;
+  std::string end = "e/";
+  put_be64(end, static_cast<uint64_t>(now_us) + 1);
+  auto r = kv_.scan("e/", end, [&](std::string_view k, std::string_view) {
+    if (k.size() < 12 || !is_final(static_cast<State>(k[10]))) return true;
+    out.push_back({std::string(k.substr(11)), static_cast<int64_t>(get_be64(k.substr(2, 8))),
+                   static_cast<State>(k[10])});
+    return out.size() < limit;
+  });
+  if (!r) return tl::unexpected(r.error());
+  return out;
+}
+
+Result<std::vector<std::string>> TimerStore::list_final(State state, std::string_view cursor,
+                                                        size_t limit) {
+  std::string prefix = "s/";
+  prefix.push_back(static_cast<char>(state));
+  return list_ids(kv_, prefix, cursor, limit, [](std::string_view) { return true; });
+}
+
+Result<std::vector<std::string>> TimerStore::list_waiting(State state, std::string_view cursor,
+                                                          size_t limit) {
+  return list_ids(kv_, "p/", cursor, limit, [state](std::string_view v) {
+    return v.size() == 9 && static_cast<State>(v[8]) == state;
+  });
+}
+
+}  // namespace skyring
