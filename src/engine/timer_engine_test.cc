@@ -1,1 +1,531 @@
+// TimerEngine driven by a manual clock, a manual executor, a committer that holds writes and a
+// transport that holds attempts: every step is explicit, nothing depends on real time.
+#include "engine/timer_engine.h"
+
+#include <algorithm>
+#include <random>
+
+#include <fmt/format.h>
 #include <gtest/gtest.h>
+
+#include "engine/engine_fakes.h"
+#include "model/backoff.h"
+#include "model/request.h"
+
+namespace skyring {
+namespace {
+
+using testing::HeldCommitter;
+using testing::HeldTransport;
+using testing::ManualExecutor;
+using testing::RecordingWakeup;
+
+class EngineTest : public ::testing::Test {
+ protected:
+  void SetUp() override { start(); }
+
+  // (Re)starts the engine over the same storage, as a process restart would.
+  void start(EngineOptions o = {}) {
+    engine.reset();
+    options = o;
+    registry = std::make_unique<TransportRegistry>();
+    auto t = std::make_unique<HeldTransport>();
+    transport = t.get();
+    registry->add(std::move(t));
+    committer = std::make_unique<HeldCommitter>(*kv, ex);
+    engine = std::make_unique<TimerEngine>(clock, ex, wake, store, *committer, *registry, o,
+                                           EngineProbe::make(metrics));
+    auto n = engine->recover();
+    ASSERT_TRUE(n.has_value());
+    recovered = *n;
+  }
+
+  TimerRecord timer(int64_t timeout_ms, const std::string& id = "",
+                    const std::string& uri = "http://a.test/hook", const std::string& extra = "") {
+    std::string body = fmt::format(
+        R"({{"timeout":{},"data":"payload-{}","callback":{{"transport":"http","method":"post","uri":"{}"}}{}}})",
+        timeout_ms, id, uri, extra);
+    auto r = parse_timer_request(body, clock.now_us());
+    EXPECT_TRUE(r.has_value()) << body;
+    r->id = id;
+    return *r;
+  }
+
+  // Drains the executor and completes writes until nothing is left.
+  void settle() {
+    for (int i = 0; i < 100; ++i) {
+      ex.run_all();
+      if (committer->held() == 0) return;
+      committer->complete_all();
+    }
+    FAIL() << "engine never settled";
+  }
+
+  std::string create(TimerRecord r) {
+    std::string id;
+    bool called = false;
+    engine->create(std::move(r), [&](Result<CreateResult> res) {
+      called = true;
+      ASSERT_TRUE(res.has_value()) << res.error().message;
+      id = res->id;
+    });
+    settle();
+    EXPECT_TRUE(called);
+    return id;
+  }
+
+  Result<TimerRecord> get(const std::string& id) {
+    std::optional<Result<TimerRecord>> out;
+    engine->get(id, [&](Result<TimerRecord> r) { out = std::move(r); });
+    settle();
+    EXPECT_TRUE(out.has_value());
+    return *out;
+  }
+
+  Result<void> cancel(const std::string& id) {
+    std::optional<Result<void>> out;
+    engine->cancel(id, [&](Result<void> r) { out = std::move(r); });
+    settle();
+    EXPECT_TRUE(out.has_value());
+    return *out;
+  }
+
+  Result<void> replace(TimerRecord r) {
+    std::optional<Result<void>> out;
+    engine->replace(std::move(r), [&](Result<void> res) { out = std::move(res); });
+    settle();
+    EXPECT_TRUE(out.has_value());
+    return *out;
+  }
+
+  ListPage list(State s, const std::string& cursor = "", size_t limit = 100) {
+    ListPage page;
+    engine->list(s, cursor, limit, [&](Result<ListPage> r) {
+      ASSERT_TRUE(r.has_value());
+      page = std::move(*r);
+    });
+    settle();
+    return page;
+  }
+
+  void advance_ms(int64_t ms) {
+    clock.advance_ms(ms);
+    engine->tick();
+    settle();
+  }
+
+  void complete(size_t i, Outcome o, int status = 200, std::string detail = {}) {
+    transport->complete(i, o, status, std::move(detail));
+    settle();
+  }
+
+  ManualClock clock{1'800'000'000'000'000};
+  ManualExecutor ex;
+  RecordingWakeup wake;
+  std::unique_ptr<Kv> kv = make_memory_kv();
+  TimerStore store{*kv};
+  Registry metrics;
+  EngineOptions options;
+  std::unique_ptr<TransportRegistry> registry;
+  HeldTransport* transport = nullptr;
+  std::unique_ptr<HeldCommitter> committer;
+  std::unique_ptr<TimerEngine> engine;
+  size_t recovered = 0;
+};
+
+TEST_F(EngineTest, NeverFiresEarlyToTheMicrosecond) {
+  std::string id = create(timer(1000));
+  EXPECT_EQ(wake.last, clock.now_us() + 1'000'000);
+  clock.advance_us(999'999);
+  engine->tick();
+  settle();
+  EXPECT_TRUE(transport->attempts.empty());
+  clock.advance_us(1);
+  engine->tick();
+  settle();
+  ASSERT_EQ(transport->attempts.size(), 1u);
+  const DeliveryJob& job = transport->attempts[0].job;
+  EXPECT_EQ(job.timer_id, id);
+  EXPECT_EQ(job.attempt, 1u);
+  EXPECT_EQ(job.method, "post");
+  EXPECT_EQ(job.uri, "http://a.test/hook");
+  EXPECT_EQ(job.data, "payload-");
+  EXPECT_EQ(get(id)->state, State::kExecuting);
+  complete(0, Outcome::kSuccess);
+  auto r = get(id);
+  EXPECT_EQ(r->state, State::kSucceeded);
+  EXPECT_EQ(r->attempts, 1u);
+}
+
+TEST_F(EngineTest, FiresOnlyWhenDurable) {
+  bool acked = false;
+  engine->create(timer(1, "t1"), [&](Result<CreateResult> r) { acked = r.has_value(); });
+  ex.run_all();
+  clock.advance_ms(5);
+  engine->tick();
+  ex.run_all();
+  EXPECT_FALSE(acked);
+  EXPECT_TRUE(transport->attempts.empty()) << "fired before the create was durable";
+  settle();
+  EXPECT_TRUE(acked);
+  EXPECT_EQ(transport->attempts.size(), 1u);
+}
+
+TEST_F(EngineTest, FiresInDueOrder) {
+  std::mt19937_64 rng(7);
+  std::vector<std::pair<int64_t, std::string>> want;
+  for (int i = 0; i < 300; ++i) {
+    int64_t t = 1 + static_cast<int64_t>(rng() % 5000);
+    std::string id = create(timer(t, fmt::format("o{}", i)));
+    want.emplace_back(clock.now_us() + t * 1000, id);
+  }
+  std::stable_sort(want.begin(), want.end());
+  size_t seen = 0;
+  for (int step = 0; step < 6000 && seen < want.size(); ++step) {
+    advance_ms(1);
+    for (; seen < transport->attempts.size(); ++seen) {
+      const std::string& id = transport->attempts[seen].job.timer_id;
+      auto due = std::find_if(want.begin(), want.end(), [&](auto& w) { return w.second == id; });
+      ASSERT_NE(due, want.end());
+      EXPECT_LE(due->first, clock.now_us()) << "early";
+      EXPECT_GT(due->first, clock.now_us() - 1000) << "late by more than one step";
+      complete(seen, Outcome::kSuccess);
+    }
+  }
+  EXPECT_EQ(seen, want.size());
+}
+
+TEST_F(EngineTest, CancelledTimerNeverFires) {
+  std::string id = create(timer(100));
+  ASSERT_TRUE(cancel(id).has_value());
+  advance_ms(1000);
+  EXPECT_TRUE(transport->attempts.empty());
+  EXPECT_EQ(get(id)->state, State::kCancelled);
+  auto again = cancel(id);
+  ASSERT_FALSE(again.has_value());
+  EXPECT_EQ(again.error().code, Errc::kNotFound);
+  EXPECT_EQ(cancel("never-existed").error().code, Errc::kNotFound);
+}
+
+TEST_F(EngineTest, CancelWhileExecutingIsConflictAndRetriesCanBeCancelled) {
+  std::string id = create(timer(10, "", "http://a.test/hook", R"(,"retry":{"attempts":3})"));
+  advance_ms(10);
+  ASSERT_EQ(transport->open(), 1u);
+  EXPECT_EQ(cancel(id).error().code, Errc::kConflict);
+  EXPECT_EQ(replace(timer(10, id)).error().code, Errc::kConflict);
+  complete(0, Outcome::kRetryable, 503, "HTTP 503");
+  EXPECT_EQ(get(id)->state, State::kRetrying);
+  ASSERT_TRUE(cancel(id).has_value());
+  advance_ms(120'000);
+  EXPECT_EQ(transport->attempts.size(), 1u);
+  EXPECT_EQ(get(id)->state, State::kCancelled);
+}
+
+TEST_F(EngineTest, ReplaceFiresOnlyTheNewTimer) {
+  std::string id = create(timer(100, "r1"));
+  ASSERT_TRUE(replace(timer(500, "r1", "http://b.test/new")).has_value());
+  advance_ms(100);
+  EXPECT_TRUE(transport->attempts.empty());
+  advance_ms(399);
+  EXPECT_TRUE(transport->attempts.empty());
+  advance_ms(1);
+  ASSERT_EQ(transport->attempts.size(), 1u);
+  EXPECT_EQ(transport->attempts[0].job.uri, "http://b.test/new");
+  complete(0, Outcome::kSuccess);
+  advance_ms(10'000);
+  EXPECT_EQ(transport->attempts.size(), 1u);
+  EXPECT_EQ(replace(timer(5, "nobody")).error().code, Errc::kNotFound);
+  EXPECT_EQ(replace(timer(5, "r1")).error().code, Errc::kNotFound) << "completed is not pending";
+}
+
+TEST_F(EngineTest, IdempotentCreate) {
+  TimerRecord a = timer(100, "same");
+  ASSERT_EQ(create(a), "same");
+  bool created = true;
+  engine->create(a, [&](Result<CreateResult> r) {
+    ASSERT_TRUE(r.has_value());
+    created = r->created;
+  });
+  settle();
+  EXPECT_FALSE(created);
+  std::optional<Errc> err;
+  engine->create(timer(200, "same"), [&](Result<CreateResult> r) { err = r.error().code; });
+  settle();
+  EXPECT_EQ(err, Errc::kConflict);
+  advance_ms(100);
+  ASSERT_EQ(transport->attempts.size(), 1u);
+  complete(0, Outcome::kSuccess);
+  // Still deduplicated after completion (retention window).
+  engine->create(a, [&](Result<CreateResult> r) {
+    ASSERT_TRUE(r.has_value());
+    created = r->created;
+  });
+  settle();
+  EXPECT_FALSE(created);
+  advance_ms(1000);
+  EXPECT_EQ(transport->attempts.size(), 1u);
+}
+
+TEST_F(EngineTest, RetriesWithBackoffThenSucceeds) {
+  std::string id =
+      create(timer(10, "", "http://a.test/hook",
+                   R"(,"retry":{"attempts":4,"backoff_ms":1000,"max_backoff_ms":60000})"));
+  advance_ms(10);
+  ASSERT_EQ(transport->attempts.size(), 1u);
+  for (uint32_t failed = 1; failed <= 2; ++failed) {
+    int64_t t0 = clock.now_us();
+    complete(failed - 1, Outcome::kRetryable, 503, "HTTP 503");
+    auto r = get(id);
+    EXPECT_EQ(r->state, State::kRetrying);
+    EXPECT_EQ(r->attempts, failed);
+    EXPECT_EQ(r->last_error, "HTTP 503");
+    int64_t delay_ms = (r->next_us - t0) / 1000;
+    uint64_t nominal = nominal_backoff_ms(RetryPolicy{4, 1000, 60000}, failed);
+    EXPECT_GE(delay_ms, static_cast<int64_t>(nominal / 2));
+    EXPECT_LE(delay_ms, static_cast<int64_t>(nominal));
+    clock.set_us(r->next_us - 1);
+    engine->tick();
+    settle();
+    EXPECT_EQ(transport->attempts.size(), failed) << "retry before its time";
+    advance_ms(1);
+    ASSERT_EQ(transport->attempts.size(), failed + 1);
+    EXPECT_EQ(transport->attempts[failed].job.attempt, failed + 1);
+  }
+  complete(2, Outcome::kSuccess);
+  auto r = get(id);
+  EXPECT_EQ(r->state, State::kSucceeded);
+  EXPECT_EQ(r->attempts, 3u);
+}
+
+TEST_F(EngineTest, ExhaustedRetriesBecomeDeadLetters) {
+  std::string id =
+      create(timer(10, "", "http://a.test/hook", R"(,"retry":{"attempts":2,"backoff_ms":100})"));
+  advance_ms(10);
+  complete(0, Outcome::kRetryable, 0, "Couldn't connect to server");
+  advance_ms(200);
+  ASSERT_EQ(transport->attempts.size(), 2u);
+  complete(1, Outcome::kRetryable, 500, "HTTP 500");
+  auto r = get(id);
+  EXPECT_EQ(r->state, State::kFailed);
+  EXPECT_EQ(r->attempts, 2u);
+  EXPECT_EQ(r->last_error, "HTTP 500");
+  ListPage failed = list(State::kFailed);
+  ASSERT_EQ(failed.timers.size(), 1u);
+  EXPECT_EQ(failed.timers[0].id, id);
+  EXPECT_EQ(failed.timers[0].data, "payload-") << "dead letters keep their payload";
+}
+
+TEST_F(EngineTest, PermanentFailureIsNotRetried) {
+  std::string id = create(timer(10));
+  advance_ms(10);
+  complete(0, Outcome::kPermanent, 404, "HTTP 404");
+  advance_ms(600'000);
+  EXPECT_EQ(transport->attempts.size(), 1u);
+  EXPECT_EQ(get(id)->state, State::kFailed);
+}
+
+TEST_F(EngineTest, SaturatedDestinationDoesNotDelayOthers) {
+  EngineOptions o;
+  o.max_inflight_per_destination = 2;
+  start(o);
+  std::vector<std::string> slow;
+  for (int i = 0; i < 5; ++i) slow.push_back(create(timer(10, "", "http://dead.test/x")));
+  std::string fast = create(timer(20, "", "http://alive.test/y"));
+  std::string parked_then_cancelled = create(timer(15, "", "http://dead.test/x"));
+  advance_ms(20);
+  // Two attempts to the dead destination, the rest parked; the other destination is served.
+  size_t to_dead = 0, to_alive = 0;
+  for (auto& a : transport->attempts) (a.job.uri.find("dead") != std::string::npos ? to_dead : to_alive)++;
+  EXPECT_EQ(to_dead, 2u);
+  EXPECT_EQ(to_alive, 1u);
+  EXPECT_TRUE(cancel(parked_then_cancelled).has_value()) << "a parked timer is still pending";
+  // Each finished attempt to the dead destination lets one parked timer go.
+  size_t done = 0;
+  for (int round = 0; round < 10 && done < 5; ++round) {
+    for (size_t i = 0; i < transport->attempts.size(); ++i) {
+      if (transport->attempts[i].done && transport->attempts[i].job.uri.find("dead") != std::string::npos) {
+        complete(i, Outcome::kSuccess);
+        ++done;
+        break;
+      }
+    }
+  }
+  EXPECT_EQ(done, 5u);
+  for (auto& a : transport->attempts) EXPECT_NE(a.job.timer_id, parked_then_cancelled);
+  for (auto& id : slow) EXPECT_EQ(get(id)->state, State::kSucceeded);
+}
+
+TEST_F(EngineTest, NodeWideInflightBound) {
+  EngineOptions o;
+  o.max_inflight = 3;
+  start(o);
+  for (int i = 0; i < 10; ++i) create(timer(10, "", fmt::format("http://d{}.test/x", i)));
+  advance_ms(10);
+  EXPECT_EQ(transport->open(), 3u);
+  complete(0, Outcome::kSuccess);
+  EXPECT_EQ(transport->open(), 3u);
+  EXPECT_EQ(transport->attempts.size(), 4u);
+}
+
+TEST_F(EngineTest, RecoversWaitingTimersAndFiresOverdueAtOnce) {
+  std::string soon = create(timer(1000, "soon"));
+  std::string later = create(timer(60'000, "later"));
+  std::string done = create(timer(10, "done"));
+  advance_ms(10);
+  complete(0, Outcome::kSuccess);
+  start();  // restart
+  EXPECT_EQ(recovered, 2u);
+  clock.advance_ms(5000);  // down for 5 s: "soon" is overdue
+  engine->tick();
+  settle();
+  ASSERT_EQ(transport->attempts.size(), 1u);
+  EXPECT_EQ(transport->attempts[0].job.timer_id, "soon");
+  EXPECT_EQ(get("done")->state, State::kSucceeded);
+  EXPECT_EQ(get("later")->state, State::kPending);
+  EXPECT_EQ(get("later")->due_us, get("later")->created_us + 60'000'000) << "due time is absolute";
+}
+
+TEST_F(EngineTest, InterruptedDeliveryIsAttemptedAgainAfterRestart) {
+  std::string id = create(timer(10, "crashy"));
+  advance_ms(10);
+  ASSERT_EQ(transport->open(), 1u);
+  // Crash: the attempt never reports back. Nothing was written for it.
+  start();
+  engine->tick();
+  settle();
+  ASSERT_EQ(transport->attempts.size(), 1u);
+  EXPECT_EQ(transport->attempts[0].job.timer_id, id);
+  EXPECT_EQ(transport->attempts[0].job.attempt, 1u) << "same attempt number, same idempotency key";
+}
+
+TEST_F(EngineTest, UnacknowledgedCreateIsLostOnCrashButNeverHalfStored) {
+  bool acked = false;
+  engine->create(timer(10, "lost"), [&](Result<CreateResult>) { acked = true; });
+  ex.run_all();
+  committer->drop_all();  // crash before the fsync
+  EXPECT_FALSE(acked);
+  start();
+  EXPECT_EQ(recovered, 0u);
+  EXPECT_EQ(get("lost").error().code, Errc::kNotFound);
+}
+
+TEST_F(EngineTest, ReadsWaitForDurability) {
+  engine->create(timer(1000, "w"), [](Result<CreateResult>) {});
+  ex.run_all();
+  bool answered = false;
+  engine->get("w", [&](Result<TimerRecord> r) {
+    answered = true;
+    EXPECT_EQ(r->state, State::kPending);
+  });
+  ex.run_all();
+  EXPECT_FALSE(answered) << "reported a change that is not durable yet";
+  settle();
+  EXPECT_TRUE(answered);
+}
+
+TEST_F(EngineTest, StorageFailureStopsTheEngine) {
+  std::optional<Errc> err;
+  engine->create(timer(10, "x"), [&](Result<CreateResult> r) { err = r ? std::nullopt : std::optional(r.error().code); });
+  ex.run_all();
+  committer->complete_all(/*fail_them=*/true);
+  ex.run_all();
+  EXPECT_EQ(err, Errc::kUnavailable);
+  EXPECT_TRUE(engine->failed());
+  engine->create(timer(10, "y"), [&](Result<CreateResult> r) { err = r.error().code; });
+  EXPECT_EQ(err, Errc::kUnavailable);
+  advance_ms(100);
+  EXPECT_TRUE(transport->attempts.empty());
+}
+
+TEST_F(EngineTest, BoundedBacklogRefusesWithOverloaded) {
+  EngineOptions o;
+  o.max_unsettled = 2;
+  start(o);
+  std::vector<std::optional<Errc>> results(3);
+  for (int i = 0; i < 3; ++i) {
+    engine->create(timer(10, fmt::format("b{}", i)), [&, i](Result<CreateResult> r) {
+      results[i] = r ? std::nullopt : std::optional(r.error().code);
+    });
+  }
+  EXPECT_EQ(results[2], Errc::kOverloaded);
+  settle();
+  EXPECT_EQ(results[0], std::nullopt);
+  EXPECT_EQ(results[1], std::nullopt);
+  EXPECT_EQ(get("b2").error().code, Errc::kNotFound);
+}
+
+TEST_F(EngineTest, RetentionPurgesFinalRecords) {
+  EngineOptions o;
+  o.retention_us = 60'000'000;
+  start(o);
+  std::string id = create(timer(10, "p"));
+  ASSERT_TRUE(cancel(id).has_value());
+  clock.advance_ms(59'000);
+  engine->housekeeping();
+  settle();
+  EXPECT_EQ(get(id)->state, State::kCancelled);
+  clock.advance_ms(1'000);
+  engine->housekeeping();
+  settle();
+  EXPECT_EQ(get(id).error().code, Errc::kNotFound);
+  EXPECT_TRUE(list(State::kCancelled).timers.empty());
+  // The id is free again.
+  EXPECT_EQ(create(timer(10, "p")), "p");
+}
+
+TEST_F(EngineTest, ListsPagesByState) {
+  for (int i = 0; i < 7; ++i) create(timer(100'000, fmt::format("l{}", i)));
+  ListPage p1 = list(State::kPending, "", 3);
+  ASSERT_EQ(p1.timers.size(), 3u);
+  EXPECT_EQ(p1.next_cursor, p1.timers.back().id);
+  ListPage p2 = list(State::kPending, p1.next_cursor, 3);
+  ListPage p3 = list(State::kPending, p2.next_cursor, 3);
+  EXPECT_EQ(p2.timers.size(), 3u);
+  EXPECT_EQ(p3.timers.size(), 1u);
+  EXPECT_TRUE(p3.next_cursor.empty());
+  EXPECT_LT(p1.timers.back().id, p2.timers.front().id);
+}
+
+TEST_F(EngineTest, GeneratedIdsAreUnique) {
+  std::set<std::string> ids;
+  for (int i = 0; i < 1000; ++i) {
+    engine->create(timer(100'000), [&](Result<CreateResult> r) { ids.insert(r->id); });
+  }
+  settle();
+  EXPECT_EQ(ids.size(), 1000u);
+  for (auto& id : ids) EXPECT_TRUE(valid_timer_id(id));
+}
+
+TEST_F(EngineTest, ManyTimersInsertCancelExpire) {
+  constexpr int kN = 100'000;
+  std::mt19937_64 rng(11);
+  int acked = 0;
+  for (int i = 0; i < kN; ++i) {
+    engine->create(timer(1 + static_cast<int64_t>(rng() % 10'000), fmt::format("m{}", i)),
+                   [&](Result<CreateResult> r) { acked += r.has_value(); });
+    if (i % 10'000 == 0) settle();
+  }
+  settle();
+  EXPECT_EQ(acked, kN);
+  int cancelled = 0;
+  for (int i = 0; i < kN; i += 2) {
+    engine->cancel(fmt::format("m{}", i), [&](Result<void> r) { cancelled += r.has_value(); });
+  }
+  settle();
+  EXPECT_EQ(cancelled, kN / 2);
+  EXPECT_EQ(engine->waiting(), static_cast<size_t>(kN / 2));
+  EngineOptions o;
+  o.max_inflight = 1'000'000;
+  o.max_inflight_per_destination = 1'000'000;
+  start(o);
+  EXPECT_EQ(recovered, static_cast<size_t>(kN / 2));
+  clock.advance_ms(10'001);
+  for (int i = 0; i < 100; ++i) {
+    engine->tick();
+    settle();
+  }
+  EXPECT_EQ(transport->attempts.size(), static_cast<size_t>(kN / 2));
+}
+
+}  // namespace
+}  // namespace skyring

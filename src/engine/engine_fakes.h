@@ -1,0 +1,122 @@
+// Deterministic stand-ins for the engine's collaborators: a manual executor, a recording
+// wake-up, a committer that holds writes until told, and a transport that holds attempts
+// until told. Used by the engine tests and the engine micro-benchmark.
+#pragma once
+
+#include <deque>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "base/executor.h"
+#include "delivery/transport.h"
+#include "engine/timer_engine.h"
+#include "storage/group_committer.h"
+#include "storage/kv.h"
+
+namespace skyring::testing {
+
+class ManualExecutor final : public Executor {
+ public:
+  void post(Task t) override {
+    std::lock_guard lock(mu_);
+    tasks_.push_back(std::move(t));
+  }
+  // Runs tasks (including ones they post) until none is left; returns how many ran.
+  size_t run_all() {
+    size_t n = 0;
+    for (;;) {
+      Task t;
+      {
+        std::lock_guard lock(mu_);
+        if (tasks_.empty()) return n;
+        t = std::move(tasks_.front());
+        tasks_.pop_front();
+      }
+      t();
+      ++n;
+    }
+  }
+
+ private:
+  std::mutex mu_;
+  std::deque<Task> tasks_;
+};
+
+class RecordingWakeup final : public Wakeup {
+ public:
+  void wake_at(int64_t due_us) override { last = due_us; }
+  int64_t last = -1;
+};
+
+// Holds each submitted batch until complete_all(); then applies it to the Kv and posts the
+// completions, like GroupCommitter does, but only when the test says so.
+class HeldCommitter final : public Committer {
+ public:
+  HeldCommitter(Kv& kv, Executor& ex) : kv_(kv), ex_(ex) {}
+  Result<void> submit(KvBatch batch, CommitDone done) override {
+    if (overloaded) return fail(Errc::kOverloaded, "full");
+    held_.push_back({std::move(batch), std::move(done)});
+    return {};
+  }
+  size_t held() const { return held_.size(); }
+  // Applies every held batch (or fails them all when fail is true).
+  void complete_all(bool fail_them = false) {
+    auto items = std::move(held_);
+    held_.clear();
+    for (auto& it : items) {
+      Result<void> r;
+      if (fail_them) {
+        r = fail(Errc::kIo, "disk on fire");
+      } else {
+        r = kv_.write(it.batch, true);
+      }
+      ex_.post([done = std::move(it.done), r] { done(r); });
+    }
+  }
+  // Throws away held batches without completing them: what a crash does.
+  void drop_all() { held_.clear(); }
+  bool overloaded = false;
+
+ private:
+  struct Item {
+    KvBatch batch;
+    CommitDone done;
+  };
+  Kv& kv_;
+  Executor& ex_;
+  std::vector<Item> held_;
+};
+
+// Records every attempt; the test decides each outcome.
+class HeldTransport final : public Transport {
+ public:
+  struct Attempt {
+    DeliveryJob job;
+    DeliveryDone done;
+  };
+  std::string_view name() const override { return "http"; }
+  Result<void> validate(std::string_view, std::string_view) const override { return {}; }
+  std::string destination(std::string_view uri) const override {
+    auto slash = uri.find('/', uri.find("//") + 2);
+    return std::string(uri.substr(0, slash));
+  }
+  void deliver(DeliveryJob job, DeliveryDone done) override {
+    attempts.push_back({std::move(job), std::move(done)});
+  }
+  void stop() override {}
+  // Completes the attempt at index i (the attempt stays in the list, done is cleared).
+  void complete(size_t i, Outcome o, int status = 200, std::string detail = {}) {
+    auto d = std::move(attempts[i].done);
+    attempts[i].done = nullptr;
+    d(DeliveryResult{o, status, std::move(detail)});
+  }
+  size_t open() const {
+    size_t n = 0;
+    for (const auto& a : attempts) n += a.done != nullptr;
+    return n;
+  }
+  std::vector<Attempt> attempts;
+};
+
+}  // namespace skyring::testing
