@@ -58,23 +58,28 @@ struct HttpServer::Impl : std::enable_shared_from_this<HttpServer::Impl> {
 
   ApiResponse simple_error(int status, std::string_view msg) { return Api::error(status, msg); }
 
+  // Responses are serialized by hand into one buffer: cheaper than building a Beast message
+  // and the shapes are few and fixed.
   asio::awaitable<void> write_response(beast::tcp_stream& stream, ApiResponse r, bool keep_alive,
                                        bool head, unsigned version, bool& ok) {
-    http::response<http::string_body> res{static_cast<http::status>(r.status), version};
-    res.set(http::field::server, fmt::format("skyring/{}", kVersion));
-    res.set(http::field::content_type, r.content_type);
-    for (auto& [k, v] : r.headers) res.set(k, v);
-    res.keep_alive(keep_alive);
-    res.body() = std::move(r.body);
-    res.prepare_payload();
-    stream.expires_after(std::chrono::milliseconds(options.idle_timeout_ms));
-    beast::error_code ec;
-    if (head) {
-      http::response_serializer<http::string_body> sr{res};
-      std::tie(ec, std::ignore) = co_await http::async_write_header(stream, sr, kTuple);
-    } else {
-      std::tie(ec, std::ignore) = co_await http::async_write(stream, res, kTuple);
+    std::string out;
+    out.reserve(256 + r.body.size());
+    auto reason = http::obsolete_reason(static_cast<http::status>(r.status));
+    fmt::format_to(std::back_inserter(out), "HTTP/{}.{} {} {}\r\nServer: skyring/{}\r\n",
+                   version / 10, version % 10, r.status,
+                   std::string_view(reason.data(), reason.size()), kVersion);
+    fmt::format_to(std::back_inserter(out), "Content-Type: {}\r\nContent-Length: {}\r\n",
+                   r.content_type, r.body.size());
+    for (auto& [k, v] : r.headers) fmt::format_to(std::back_inserter(out), "{}: {}\r\n", k, v);
+    if (!keep_alive) {
+      out += "Connection: close\r\n";
+    } else if (version == 10) {
+      out += "Connection: keep-alive\r\n";
     }
+    out += "\r\n";
+    if (!head) out += r.body;
+    stream.expires_after(std::chrono::milliseconds(options.idle_timeout_ms));
+    auto [ec, n] = co_await asio::async_write(stream, asio::buffer(out), kTuple);
     requests.inc();
     ok = !ec;
   }

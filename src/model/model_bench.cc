@@ -1,6 +1,7 @@
 // Costs on the request path: parsing a create body, and the storage codec both ways.
 #include <benchmark/benchmark.h>
 
+#include <cstdlib>
 #include <string>
 
 #include "model/codec.h"

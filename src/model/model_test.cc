@@ -466,7 +466,9 @@ TEST(ParseRfc3339, Rejects) {
         "1970-01-32T00:00:00Z", "1970-01-01T25:00:00Z", "+1970-01-01T00:00:00Z",
         "1970-01-01T00:00:00 Z"}) {
     EXPECT_FALSE(parse_rfc3339_ms(bad).has_value()) << bad;
-    if (auto r = parse_rfc3339_ms(bad); !r) EXPECT_EQ(r.error().code, Errc::kInvalidArgument);
+    if (auto r = parse_rfc3339_ms(bad); !r) {
+      EXPECT_EQ(r.error().code, Errc::kInvalidArgument);
+    }
   }
 }
 
@@ -765,7 +767,9 @@ TEST(Codec, RandomBytesWithValidChecksumNeverCrash) {
     size_t at = rng() % b.size();
     b[at] = static_cast<char>(rng());
     auto r = decode_record(reseal(b));
-    if (!r) EXPECT_EQ(r.error().code, Errc::kCorruption);
+    if (!r) {
+      EXPECT_EQ(r.error().code, Errc::kCorruption);
+    }
   }
 }
 

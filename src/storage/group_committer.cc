@@ -1,5 +1,6 @@
 #include "storage/group_committer.h"
 
+#include <algorithm>
 #include <memory>
 
 #include "base/clock.h"
@@ -68,6 +69,12 @@ void GroupCommitter::run() {
     merged.clear();
     for (Item& it : group) {
       for (KvOp& op : it.batch) merged.push_back(std::move(op));
+    }
+    // Key order makes RocksDB's memtable inserts cheaper (each skip-list search starts near the
+    // last one). Stable, so operations on one key keep their order; others commute.
+    if (group.size() > 1) {
+      std::stable_sort(merged.begin(), merged.end(),
+                       [](const KvOp& a, const KvOp& b) { return a.key < b.key; });
     }
     Result<void> r;
     if (!merged.empty()) {

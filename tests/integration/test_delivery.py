@@ -1,0 +1,309 @@
+"""Webhook delivery (SPEC sections 3 and 4) against a real HTTP receiver."""
+
+import json
+import re
+import threading
+import time
+import unittest
+
+from harness import Client, Node, Receiver, SkyringTestCase, timer_body, wait_until
+
+
+class DeliveryTest(SkyringTestCase):
+    """One node, one receiver; each test uses its own receiver paths."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.node = Node()
+        cls.receiver = Receiver()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.receiver.close()
+        cls.node.close()
+
+    def setUp(self):
+        super().setUp()
+        self.c = Client(self.node.port)
+        self.addCleanup(self.c.close)
+
+    def path(self, name="hook"):
+        return "/" + self.id().rsplit(".", 1)[-1] + "/" + name
+
+    def hook(self, name="hook"):
+        return self.receiver.url(self.path(name))
+
+    def create(self, **kw):
+        uri = kw.pop("uri", None) or self.hook(kw.pop("name", "hook"))
+        tid = kw.pop("timer_id", None)
+        r = self.c.create(timer_body(uri, **kw), timer_id=tid)
+        return self.assertCreated(r)
+
+    def wait_state(self, tid, state, timeout=20):
+        wait_until(lambda: self.c.state(tid) == state, timeout,
+                   msg="timer %s becomes %s (now %r)" % (tid, state, self.c.timer(tid)))
+        return self.c.timer(tid)
+
+    # ---------------------------------------------------------------- timing and body
+
+    def test_delivered_after_timeout_and_not_before(self):
+        sent = time.time()
+        tid = self.create(timeout=1000, data="payload")
+        due = self.c.timer(tid)["due"]
+        got = self.receiver.wait_timer(tid)
+        self.assertEqual(len(got), 1)
+        r = got[0]
+        self.assertEqual(r.method, "POST")
+        self.assertEqual(r.path, self.path())
+        self.assertEqual(r.body, b"payload")
+        self.assertGreaterEqual(r.time, sent + 1.0, "delivered before the timeout elapsed")
+        self.assertGreaterEqual(r.time * 1000, due, "delivered before its due time")
+        t = self.wait_state(tid, "succeeded")
+        self.assertEqual(t["attempts"], 1)
+        self.assertIsNone(t["last_error"])
+        self.assertIn("completed", t)
+
+    def test_many_timers_none_early(self):
+        sent = {}
+        for i in range(40):
+            timeout = 100 + 25 * i
+            t0 = time.time()
+            sent[self.create(timeout=timeout, data=str(i), name="many")] = t0 + timeout / 1000
+        got = self.receiver.wait_path(self.path("many"), count=len(sent), timeout=30)
+        self.assertEqual(sorted(r.timer_id for r in got), sorted(sent))
+        for r in got:
+            self.assertGreaterEqual(r.time, sent[r.timer_id], "early delivery of %s" % r.timer_id)
+
+    def test_string_body_is_text_plain(self):
+        data = "h\u00e9llo w\u00f6rld \u6f22\u5b57 {not json}"
+        tid = self.create(timeout=10, data=data)
+        r = self.receiver.wait_timer(tid)[0]
+        self.assertEqual(r.body, data.encode("utf-8"))
+        self.assertEqual(r.header("content-type"), "text/plain; charset=utf-8")
+        self.assertEqual(int(r.header("content-length")), len(data.encode("utf-8")))
+
+    def test_object_body_is_json(self):
+        data = {"a": 1, "b": [True, None, "x"], "c": {"d": "\u00e9"}}
+        tid = self.create(timeout=10, data=data)
+        r = self.receiver.wait_timer(tid)[0]
+        self.assertEqual(r.header("content-type"), "application/json")
+        self.assertEqual(json.loads(r.body.decode("utf-8")), data)
+
+    def test_no_data_sends_empty_body(self):
+        tid = self.create(timeout=10)
+        r = self.receiver.wait_timer(tid)[0]
+        self.assertEqual(r.body, b"")
+        self.assertIn(r.header("content-length", "0"), ("0",))
+        self.assertIsNone(r.header("transfer-encoding"))
+
+    def test_headers(self):
+        tid = self.create(timeout=10, data="h", headers={"X-Custom": "v1", "Authorization": "Bearer t"},
+                          timer_id="dlv-headers-1")
+        r = self.receiver.wait_timer(tid)[0]
+        self.assertRegex(r.header("user-agent"), r"^skyring/\d+\.\d+")
+        self.assertEqual(r.header("x-skyring-timer-id"), tid)
+        self.assertEqual(r.header("idempotency-key"), tid)
+        self.assertEqual(r.header("x-skyring-attempt"), "1")
+        self.assertEqual(r.header("x-custom"), "v1")
+        self.assertEqual(r.header("authorization"), "Bearer t")
+
+    def test_methods(self):
+        ids = {}
+        for m in ("put", "patch", "get", "delete", "options", "head", "POST", "Patch"):
+            ids[self.create(timeout=10, method=m, data={"m": m}, name="m-" + m)] = m
+        for tid, m in ids.items():
+            r = self.receiver.wait_timer(tid)[0]
+            self.assertEqual(r.method, m.upper(), r)
+            self.assertEqual(r.path, self.path("m-" + m))
+            if m != "head":
+                self.assertEqual(json.loads(r.body), {"m": m})
+        for tid in ids:
+            self.wait_state(tid, "succeeded")
+
+    def test_uri_query_string_is_kept(self):
+        uri = self.hook("q") + "?a=1&b=two%20words"
+        tid = self.create(uri=uri, timeout=10)
+        r = self.receiver.wait_timer(tid)[0]
+        self.assertEqual(r.path, self.path("q") + "?a=1&b=two%20words")
+
+    def test_connections_are_reused(self):
+        n = 6
+        ids = []
+        for i in range(n):
+            ids.append(self.create(timeout=10, name="ka"))
+            self.receiver.wait_timer(ids[-1])
+            self.wait_state(ids[-1], "succeeded")
+        peers = {r.peer for r in self.receiver.for_path(self.path("ka"))}
+        self.assertLess(len(peers), n, "every delivery opened a new connection: %r" % peers)
+
+    # ---------------------------------------------------------------- retries
+
+    def test_retries_then_success(self):
+        self.receiver.on(self.path(), statuses=[503, 503, 200])
+        tid = self.create(timeout=10, data="r",
+                          retry={"attempts": 5, "backoff_ms": 200, "max_backoff_ms": 1000})
+        got = self.receiver.wait_timer(tid, count=3, timeout=20)
+        t = self.wait_state(tid, "succeeded")
+        self.assertEqual(t["attempts"], 3)
+        self.assertEqual([r.attempt for r in got], [1, 2, 3])
+        self.assertEqual({r.header("idempotency-key") for r in got}, {tid})
+        self.assertEqual({r.body for r in got}, {b"r"})
+        # Equal jitter: the delay before attempt n+1 is at least d/2, d = backoff * 2^(n-1).
+        self.assertGreaterEqual(got[1].time - got[0].time, 0.1 * 0.95)
+        self.assertGreaterEqual(got[2].time - got[1].time, 0.2 * 0.95)
+        time.sleep(0.5)
+        self.assertEqual(len(self.receiver.for_timer(tid)), 3)
+
+    def test_backoff_with_jitter_bounds(self):
+        # Delays before attempts 2..5 are in [d/2, d] with d = 300, 600, 800, 800 (max 800).
+        self.receiver.on(self.path(), statuses=[500])
+        tid = self.create(timeout=10, retry={"attempts": 5, "backoff_ms": 300, "max_backoff_ms": 800})
+        got = self.receiver.wait_timer(tid, count=5, timeout=30)
+        self.wait_state(tid, "failed")
+        for i, d in enumerate((0.3, 0.6, 0.8, 0.8)):
+            gap = got[i + 1].time - got[i].time
+            self.assertGreaterEqual(gap, d / 2 * 0.95, "retry %d came too soon: %.3f s" % (i + 2, gap))
+            # Upper bound is generous (loaded machine); it only catches a broken schedule.
+            self.assertLess(gap, d + 3.0, "retry %d came too late: %.3f s" % (i + 2, gap))
+
+    def test_408_429_and_connection_errors_are_retried(self):
+        self.receiver.on(self.path(), statuses=[408, 429, 200])
+        tid = self.create(timeout=10, retry={"attempts": 4, "backoff_ms": 50, "max_backoff_ms": 100})
+        t = self.wait_state(tid, "succeeded")
+        self.assertEqual(t["attempts"], 3)
+        # Nobody listens on port 9 (discard) of localhost: connection refused, retried.
+        tid = self.create(uri="http://127.0.0.1:9/refused", timeout=10,
+                          retry={"attempts": 3, "backoff_ms": 50, "max_backoff_ms": 100})
+        t = self.wait_state(tid, "failed")
+        self.assertEqual(t["attempts"], 3)
+        self.assertTrue(t["last_error"])
+
+    def test_retries_exhausted_is_failed_dead_letter(self):
+        self.receiver.on(self.path(), statuses=[500])
+        tid = self.create(timeout=10, retry={"attempts": 3, "backoff_ms": 50, "max_backoff_ms": 200})
+        got = self.receiver.wait_timer(tid, count=3, timeout=20)
+        t = self.wait_state(tid, "failed")
+        self.assertEqual(t["attempts"], 3)
+        self.assertTrue(t["last_error"])
+        self.assertIn("500", t["last_error"])
+        self.assertEqual([r.attempt for r in got], [1, 2, 3])
+        time.sleep(0.5)
+        self.assertEqual(len(self.receiver.for_timer(tid)), 3, "attempted beyond its policy")
+        # It is listed among the dead letters.
+        found, cursor = False, None
+        for _ in range(100):
+            q = "/timer?state=failed&limit=50" + ("&cursor=" + cursor if cursor else "")
+            page = self.c.get(q).json()
+            found = found or any(x["id"] == tid for x in page["timers"])
+            cursor = page["next_cursor"]
+            if found or cursor is None:
+                break
+        self.assertTrue(found, "failed timer not listed in ?state=failed")
+        # A dead letter cannot be cancelled (it is complete).
+        self.assertError(self.c.delete("/timer/" + tid), 404)
+
+    def test_permanent_failure_is_not_retried(self):
+        for status in (404, 400, 302):
+            with self.subTest(status=status):
+                name = "perm-%d" % status
+                self.receiver.on(self.path(name), statuses=[status],
+                                 headers={"Location": self.hook("redirected")})
+                tid = self.create(timeout=10, name=name,
+                                  retry={"attempts": 5, "backoff_ms": 50, "max_backoff_ms": 100})
+                t = self.wait_state(tid, "failed")
+                self.assertEqual(t["attempts"], 1)
+                self.assertIn(str(status), t["last_error"])
+                time.sleep(0.4)  # well past any retry delay
+                self.assertEqual(len(self.receiver.for_timer(tid)), 1)
+        self.assertEqual(self.receiver.for_path(self.path("redirected")), [],
+                         "a redirect was followed")
+
+    # ---------------------------------------------------------------- in flight
+
+    def test_delete_and_put_while_in_flight_are_409(self):
+        gate = threading.Event()
+        self.receiver.on(self.path(), gate=gate)
+        tid = self.create(timeout=10, data="slow")
+        self.receiver.wait_timer(tid)
+        try:
+            self.assertEqual(self.c.state(tid), "executing")
+            self.assertError(self.c.delete("/timer/" + tid), 409)
+            self.assertError(self.c.put("/timer/" + tid, timer_body(self.hook("other"), timeout=10)), 409)
+            self.assertEqual(self.c.state(tid), "executing")
+        finally:
+            gate.set()
+        self.wait_state(tid, "succeeded")
+        self.assertError(self.c.delete("/timer/" + tid), 404)
+        self.assertEqual(self.receiver.for_path(self.path("other")), [])
+
+    def test_delete_after_failed_attempt_cancels_retries(self):
+        gate = threading.Event()
+        self.receiver.on(self.path(), statuses=[503], gate=gate)
+        tid = self.create(timeout=10, retry={"attempts": 5, "backoff_ms": 1500, "max_backoff_ms": 1500})
+        self.receiver.wait_timer(tid)
+        self.assertError(self.c.delete("/timer/" + tid), 409)
+        gate.set()
+        t = self.wait_state(tid, "retrying")
+        self.assertEqual(t["attempts"], 1)
+        self.assertIn("next_attempt", t)
+        r = self.c.delete("/timer/" + tid)
+        if r.status == 409:  # the retry started already (slow machine): nothing to assert
+            self.skipTest("retry already in flight")
+        self.assertEqual(r.status, 202, r)
+        self.assertEqual(self.c.state(tid), "cancelled")
+        time.sleep(2.5)  # past the retry time
+        self.assertEqual(len(self.receiver.for_timer(tid)), 1, "a cancelled retry was attempted")
+
+
+class SlowDestinationTest(SkyringTestCase):
+
+    def test_never_answering_destination_times_out(self):
+        node = self.start_node(["--delivery-timeout", "500ms"])
+        slow = self.start_receiver()
+        healthy = self.start_receiver()
+        slow.on("/hang", hang=True)
+        c = node.client()
+        sent = time.time()
+        stuck = self.assertCreated(c.create(timer_body(slow.url("/hang"), timeout=10,
+                                                       retry={"attempts": 1})))
+        slow.wait_timer(stuck)
+        ok = self.assertCreated(c.create(timer_body(healthy.url("/ok"), timeout=10, data="fine")))
+        healthy.wait_timer(ok, timeout=10)
+        wait_until(lambda: c.state(stuck) == "failed", 15, msg="stuck timer failed")
+        t = c.timer(stuck)
+        self.assertEqual(t["attempts"], 1)
+        self.assertRegex(t["last_error"].lower(), r"time|timed out|timeout", t)
+        # The attempt was cut at the delivery timeout, not the 10 s default.
+        self.assertLess(t["completed"] / 1000 - sent, 8.0, t)
+        self.assertEqual(len(slow.for_timer(stuck)), 1)
+        self.assertEqual(c.state(ok), "succeeded")
+
+    def test_slow_destination_does_not_block_others(self):
+        # Ten held deliveries (more than the per-destination limit of 2, so some wait in
+        # line) do not delay a timer for another destination: it is delivered while all of
+        # them are still held. No timing involved: the slow receiver answers only afterwards.
+        node = self.start_node(["--delivery-timeout", "60s", "--max-inflight-per-destination", "2"])
+        slow = self.start_receiver()
+        healthy = self.start_receiver()
+        gate = threading.Event()
+        slow.on("/slow", gate=gate)
+        c = node.client()
+        slow_ids = [self.assertCreated(c.create(timer_body(slow.url("/slow"), timeout=10,
+                                                           retry={"attempts": 1})))
+                    for _ in range(10)]
+        try:
+            slow.wait_path("/slow", count=2)
+            ok = self.assertCreated(c.create(timer_body(healthy.url("/ok"), timeout=10)))
+            healthy.wait_timer(ok, timeout=10)
+            self.assertEqual(len(slow.for_path("/slow")), 2, "per-destination limit not kept")
+            states = [c.state(t) for t in slow_ids]
+            self.assertEqual(states.count("executing"), 2, states)
+        finally:
+            gate.set()
+        for t in slow_ids:
+            wait_until(lambda: c.state(t) == "succeeded", 20, msg="held timer %s delivered" % t)
+        self.assertEqual(sorted(r.timer_id for r in slow.for_path("/slow")), sorted(slow_ids))
+
+
+if __name__ == "__main__":
+    unittest.main()
