@@ -245,6 +245,7 @@ ApiResponse Api::health() const {
   o["storage"] = ok ? "ok" : engine_.failure();
   o["pending"] = engine_.waiting();
   o["inflight"] = engine_.inflight();
+  if (!ok) o["error"] = engine_.failure();
   ApiResponse r = ok ? ApiResponse{} : error(503, engine_.failure());
   r.body = json::serialize(o);
   return r;

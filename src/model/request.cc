@@ -141,7 +141,9 @@ Result<int64_t> parse_rfc3339_ms(std::string_view s) {
       !digits(s, 17, 2, &sec))
     return bad("at must be epoch milliseconds or an RFC 3339 timestamp");
   static const int kDays[] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
-  if (mo < 1 || mo > 12 || d < 1 || d > kDays[mo - 1] || h > 23 || mi > 59 || sec > 60)
+  bool leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+  if (mo < 1 || mo > 12 || d < 1 || d > kDays[mo - 1] || (mo == 2 && d == 29 && !leap) ||
+      h > 23 || mi > 59 || sec > 60)
     return bad("at is not a valid date and time");
   size_t pos = 19;
   int64_t ms = 0;

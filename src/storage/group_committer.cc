@@ -77,13 +77,21 @@ void GroupCommitter::run() {
                        [](const KvOp& a, const KvOp& b) { return a.key < b.key; });
     }
     Result<void> r;
-    if (!merged.empty()) {
+    bool already_failed;
+    {
+      std::lock_guard lock(mu_);
+      already_failed = failed_;
+    }
+    if (already_failed) {
+      // Everything queued behind a failed write fails too: nothing after it is acknowledged.
+      r = fail(Errc::kUnavailable, "storage failed earlier; restart the node");
+    } else if (!merged.empty()) {
       int64_t start = monotonic_us();
       r = kv_.write(merged, options_.sync);
       if (probe_.commit_seconds) probe_.commit_seconds->observe((monotonic_us() - start) / 1e6);
     }
     if (probe_.group_size) probe_.group_size->observe(static_cast<double>(group.size()));
-    if (!r) {
+    if (!r && !already_failed) {
       log::error("storage write failed, refusing further writes: {}", r.error().message);
       std::lock_guard lock(mu_);
       failed_ = true;
