@@ -10,7 +10,7 @@
 
 namespace skyring::bench {
 
-inline constexpr size_t kMaxHead = 16 * 1024;   // a longer head is a protocol error
+inline constexpr size_t kMaxHead = 16 * 1024;    // a longer head is a protocol error
 inline constexpr size_t kMaxBody = 1024 * 1024;  // larger than anything either side sends
 
 struct MessageHead {

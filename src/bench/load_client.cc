@@ -108,7 +108,7 @@ class LoadLoop {
   void watch(size_t i, bool out) {
     Conn& c = conns_[i];
     epoll_event ev{};
-    ev.events = EPOLLIN | (out ? EPOLLOUT : 0);
+    ev.events = out ? (EPOLLIN | EPOLLOUT) : EPOLLIN;
     ev.data.u32 = static_cast<uint32_t>(i);
     epoll_ctl(ep_, EPOLL_CTL_MOD, c.fd, &ev);
     c.watching_out = out;
@@ -206,7 +206,7 @@ class LoadLoop {
     }
     if ((ev & EPOLLOUT) && c.state == State::kBusy) {
       flush(i, now);
-      if (c.fd < 0) return;
+      if (c.state != State::kBusy) return;  // dropped (and maybe reopened) while writing
     }
     if (!(ev & (EPOLLIN | EPOLLERR | EPOLLHUP))) return;
     char buf[65536];

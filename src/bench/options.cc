@@ -175,8 +175,8 @@ Result<BenchOptions> parse_options(const std::vector<std::string>& args, const s
     } else {
       if (std::find(std::begin(kScenarioNames), std::end(kScenarioNames), a) ==
           std::end(kScenarioNames)) {
-        return usage_error(fmt::format(
-            "unknown scenario '{}' (create, delivery, lateness, capacity)", a));
+        return usage_error(
+            fmt::format("unknown scenario '{}' (create, delivery, lateness, capacity)", a));
       }
       if (std::find(o.scenarios.begin(), o.scenarios.end(), a) == o.scenarios.end()) {
         o.scenarios.push_back(a);

@@ -21,10 +21,10 @@ struct BenchOptions {
   bool json = false;
   bool smoke = false;
   size_t connections = 64;
-  int64_t duration_ms = 10'000;  // create: measured time; lateness: span of due times
-  int64_t warmup_ms = 1'000;     // create: not measured
-  uint64_t timers = 100'000;     // delivery: timers due in one short window
-  uint64_t rate = 10'000;        // lateness: timers due per second
+  int64_t duration_ms = 10'000;   // create: measured time; lateness: span of due times
+  int64_t warmup_ms = 1'000;      // create: not measured
+  uint64_t timers = 100'000;      // delivery: timers due in one short window
+  uint64_t rate = 10'000;         // lateness: timers due per second
   uint64_t capacity = 1'000'000;  // capacity: pending timers
   std::string storage = "rocksdb";
   std::vector<std::string> node_args;  // extra `skyring run` flags (--node-arg)

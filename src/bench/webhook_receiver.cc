@@ -131,7 +131,7 @@ void WebhookReceiver::loop() {
     bool want = !c.out.empty();
     if (want != c.watching_out) {
       epoll_event e{};
-      e.events = EPOLLIN | (want ? EPOLLOUT : 0);
+      e.events = want ? (EPOLLIN | EPOLLOUT) : EPOLLIN;
       e.data.fd = fd;
       epoll_ctl(ep, EPOLL_CTL_MOD, fd, &e);
       c.watching_out = want;

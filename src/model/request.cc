@@ -192,7 +192,9 @@ Result<TimerRecord> parse_timer_request(std::string_view body, int64_t now_us,
   json::parse_options opts;
   opts.max_depth = limits.max_depth;
   boost::system::error_code ec;
-  json::monotonic_resource mr;
+  // A stack arena: typical bodies parse without touching the heap (and without large mallocs).
+  alignas(16) unsigned char arena[4096];
+  json::monotonic_resource mr(arena, sizeof(arena));
   json::value root = json::parse(json::string_view(body.data(), body.size()), ec, &mr, opts);
   if (ec) {
     if (ec == json::error::too_deep) return bad("body is nested too deeply");

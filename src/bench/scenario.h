@@ -1,0 +1,48 @@
+// The four scenarios of SPEC section 8. Each one adds its rows to the report and is bounded in
+// count and time; each starts a fresh node (own temp dir, removed afterwards) unless --url.
+//
+// create    closed-loop creates of far-future timers: timers/s and latency.
+// delivery  timers all due in one short window: deliveries/s, lateness, early/dup/missing.
+// lateness  timers due at a steady rate: lateness percentiles, early/dup/missing.
+// capacity  many pending timers: RAM per timer, restart time (SIGTERM and kill -9), and the
+//           pending count after each restart.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "bench/node_process.h"
+#include "bench/options.h"
+#include "bench/report.h"
+
+namespace skyring::bench {
+
+struct ScenarioContext {
+  const BenchOptions& options;
+  Report& report;
+  std::string run_id;      // unique per bench run, part of every timer id the bench chooses
+  double create_rate = 0;  // timers/s measured by `create` in this run; 0 until it ran
+};
+
+// The node a scenario talks to: a fresh child, or the one given with --url.
+struct Target {
+  std::unique_ptr<NodeProcess> node;  // null with --url
+  uint16_t port = 0;
+};
+
+// Starts a fresh node (or checks the --url one answers /ping). On failure the caller stops the
+// whole run with exit code 2.
+Result<Target> open_target(const ScenarioContext& ctx, const char* scenario);
+
+// The bytes of one POST /timer for a timer due in 1 h whose callback goes nowhere (127.0.0.1:9):
+// it never fires while the bench runs, so only the create path is measured.
+std::string far_future_create(uint16_t port);
+
+// Each returns false when its node could not be started.
+bool run_create(ScenarioContext& ctx);
+bool run_delivery(const ScenarioContext& ctx);
+bool run_lateness(const ScenarioContext& ctx);
+bool run_capacity(const ScenarioContext& ctx);
+
+}  // namespace skyring::bench
