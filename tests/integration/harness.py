@@ -218,13 +218,15 @@ class Node:
     _LISTEN = re.compile(r"listening on ([0-9.]+|\[[0-9a-fA-F:]+\]):(\d+)")
 
     def __init__(self, args=(), env=None, data_dir=None, storage=None, host="127.0.0.1",
-                 port=0, start=True, tmp_parent=None):
+                 port=0, start=True, tmp_parent=None, raw_args=False, cwd=None):
         self.bin = skyring_bin()
         self.extra_args = list(args)
         self.env_extra = dict(env or {})
         self.host = host
         self.port_arg = port
         self.storage = storage
+        self.raw_args = raw_args  # True: run exactly `skyring run ARGS` (config tests)
+        self.cwd = cwd
         self._own_dir = data_dir is None
         self.data_dir = data_dir or tempfile.mkdtemp(prefix="skyring-it-", dir=tmp_parent)
         self.proc = None
@@ -239,6 +241,8 @@ class Node:
 
     # ---- process control
     def command(self):
+        if self.raw_args:
+            return [self.bin, "run"] + self.extra_args
         cmd = [self.bin, "run", "--host", self.host, "--port", str(self.port_arg),
                "--data-dir", self.data_dir]
         if self.storage:
@@ -257,7 +261,7 @@ class Node:
             self.lines.append("---- start #%d: %s" % (self.runs, " ".join(self.command())))
         self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     env=self._env())
+                                     env=self._env(), cwd=self.cwd)
         listening = threading.Event()
         found = {}
         proc = self.proc
@@ -421,8 +425,10 @@ class Behaviour:
     """How the receiver answers one path."""
 
     def __init__(self, statuses=(200,), delay=0.0, hang=False, gate=None, body=b"",
-                 headers=None):
+                 headers=None, close=False, raw=None):
         self.headers = dict(headers or {})
+        self.close = close  # close the connection after answering (without saying so)
+        self.raw = raw  # bytes written as the whole answer instead of a proper response
         self.statuses = list(statuses)
         self.delay = delay
         self.hang = hang  # never answer (until the receiver is closed), then drop the connection
@@ -479,6 +485,11 @@ class Receiver:
                     b.gate.wait(Receiver.MAX_WAIT)
                 if b.delay:
                     receiver.closing.wait(b.delay)
+                if b.raw is not None:
+                    self.wfile.write(b.raw)
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
                 status = b.next_status()
                 self.send_response(status)
                 for k, v in b.headers.items():
@@ -487,6 +498,9 @@ class Receiver:
                 self.end_headers()
                 if self.command != "HEAD" and b.body:
                     self.wfile.write(b.body)
+                if b.close:
+                    self.wfile.flush()
+                    self.close_connection = True
 
             def _read_chunked(self):
                 out = b""
@@ -504,6 +518,14 @@ class Receiver:
         class Server(http.server.ThreadingHTTPServer):
             daemon_threads = True
             request_queue_size = 256
+
+            def handle_error(self, request, client_address):
+                # A node killed mid-request resets its connections: expected, not noise.
+                import sys
+                exc = sys.exc_info()[1]
+                if isinstance(exc, (ConnectionError, TimeoutError)):
+                    return
+                super().handle_error(request, client_address)
 
         self.server = Server(("127.0.0.1", 0), Handler)
         self.port = self.server.server_address[1]

@@ -241,8 +241,11 @@ class ApiTest(SkyringTestCase):
     def test_list_requires_valid_parameters(self):
         self.assertError(self.c.get("/timer"), 400, "state")
         self.assertError(self.c.get("/timer?state=sleeping"), 400, "state")
-        for lim in ("0", "abc", "-1", "1001"):
+        for lim in ("0", "abc", "-1", "1001", ""):
             self.assertError(self.c.get("/timer?state=pending&limit=" + lim), 400, "limit")
+        self.assertError(self.c.get("/timer?state=pending&cursor=%ZZ"), 400, "cursor")
+        r = self.c.get("/timer?state=pending&limit=1000&cursor=zzzzzzzz")
+        self.assertEqual(r.status, 200, r)
 
     # ---------------------------------------------------------------- operations
 

@@ -1,5 +1,6 @@
 """Webhook delivery (SPEC sections 3 and 4) against a real HTTP receiver."""
 
+import collections
 import json
 import re
 import threading
@@ -107,6 +108,25 @@ class DeliveryTest(SkyringTestCase):
         self.assertEqual(r.header("x-custom"), "v1")
         self.assertEqual(r.header("authorization"), "Bearer t")
 
+    def test_callback_headers_cannot_break_framing_or_spoof_identity(self):
+        # Framing and identity headers are the node's: a callback header may not change how
+        # the body is framed (request smuggling) or what the receiver dedups on.
+        hdrs = {"Content-Length": "2", "Transfer-Encoding": "chunked",
+                "Idempotency-Key": "spoofed", "X-Skyring-Timer-Id": "spoofed",
+                "X-Skyring-Attempt": "99", "X-Fine": "yes"}
+        tid = self.create(timeout=10, data="0123456789", headers=hdrs)
+        r = self.receiver.wait_timer(tid)[0]
+        self.assertEqual(r.body, b"0123456789")
+        self.assertEqual(r.header("idempotency-key"), tid)
+        self.assertEqual(r.header("x-skyring-attempt"), "1")
+        self.assertEqual(r.header("x-fine"), "yes")
+        self.assertIsNone(r.header("transfer-encoding"))
+        names = [k.lower() for k, _ in r.raw_headers]
+        for h in ("content-length", "idempotency-key", "x-skyring-timer-id", "x-skyring-attempt"):
+            self.assertEqual(names.count(h), 1, "header %s sent %d times" % (h, names.count(h)))
+        self.assertEqual(self.receiver.for_timer("spoofed"), [])
+        self.wait_state(tid, "succeeded")
+
     def test_methods(self):
         ids = {}
         for m in ("put", "patch", "get", "delete", "options", "head", "POST", "Patch"):
@@ -135,6 +155,33 @@ class DeliveryTest(SkyringTestCase):
             self.wait_state(ids[-1], "succeeded")
         peers = {r.peer for r in self.receiver.for_path(self.path("ka"))}
         self.assertLess(len(peers), n, "every delivery opened a new connection: %r" % peers)
+
+    def test_receiver_closing_connections_is_not_a_failure(self):
+        # The receiver closes every connection after answering (without `Connection: close`):
+        # reusing a pooled connection must not turn into failed attempts.
+        self.receiver.on(self.path(), close=True)
+        ids = [self.create(timeout=200 + (i % 5) * 5, retry={"attempts": 1}) for i in range(30)]
+        for tid in ids:
+            wait_until(lambda: self.c.state(tid) in ("succeeded", "failed"), 20)
+            t = self.c.timer(tid)
+            self.assertEqual(t["state"], "succeeded", t)
+        self.assertEqual(len(self.receiver.for_path(self.path())), 30)
+
+    def test_unusual_but_valid_answers(self):
+        cases = {"nolen": (b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nbody until close", "succeeded"),
+                 "http10": (b"HTTP/1.0 204 No Content\r\n\r\n", "succeeded"),
+                 "garbage": (b"NOT HTTP AT ALL\r\n\r\n", "failed")}
+        ids = {}
+        for name, (raw, _) in cases.items():
+            self.receiver.on(self.path(name), raw=raw)
+            ids[name] = self.create(timeout=10, name=name,
+                                    retry={"attempts": 2, "backoff_ms": 20, "max_backoff_ms": 20})
+        for name, (_, state) in cases.items():
+            t = self.wait_state(ids[name], state)
+            if state == "failed":
+                # Not an HTTP answer: a retryable failure, so both attempts were made.
+                self.assertEqual(t["attempts"], 2, t)
+                self.assertTrue(t["last_error"])
 
     # ---------------------------------------------------------------- retries
 
@@ -227,6 +274,8 @@ class DeliveryTest(SkyringTestCase):
         self.receiver.wait_timer(tid)
         try:
             self.assertEqual(self.c.state(tid), "executing")
+            listed = self.c.get("/timer?state=executing&limit=1000").json()["timers"]
+            self.assertIn(tid, [t["id"] for t in listed])
             self.assertError(self.c.delete("/timer/" + tid), 409)
             self.assertError(self.c.put("/timer/" + tid, timer_body(self.hook("other"), timeout=10)), 409)
             self.assertEqual(self.c.state(tid), "executing")
@@ -253,6 +302,70 @@ class DeliveryTest(SkyringTestCase):
         self.assertEqual(self.c.state(tid), "cancelled")
         time.sleep(2.5)  # past the retry time
         self.assertEqual(len(self.receiver.for_timer(tid)), 1, "a cancelled retry was attempted")
+
+
+class RaceTest(SkyringTestCase):
+    """PUT and DELETE racing with the timer firing: whatever the answer, the outcome matches
+    it (SPEC section 2: never both old and new fire, never neither; 202 means no attempt
+    starts after the response)."""
+
+    def setUp(self):
+        super().setUp()
+        self.node = self.start_node()
+        self.rec = self.start_receiver()
+        self.rec.on("/slowish", delay=0.05)
+        self.c = self.node.client()
+
+    def race(self, n, action):
+        ids = []
+        for i in range(n):
+            tid = "race-%s-%d" % (action, i)
+            self.assertCreated(self.c.create(timer_body(self.rec.url("/slowish"), timeout=150 + 4 * i,
+                                                        data="old"), timer_id=tid), tid)
+            ids.append(tid)
+        time.sleep(0.12)
+        outcomes = {}
+        for i, tid in enumerate(ids):  # sweeps across the due times
+            if action == "put":
+                r = self.c.put("/timer/" + tid, timer_body(self.rec.url("/new"), timeout=100,
+                                                           data="new"))
+            else:
+                r = self.c.delete("/timer/" + tid)
+            if r.status >= 400:
+                self.assertError(r, r.status)
+            outcomes[tid] = r.status
+        for tid in ids:
+            wait_until(lambda: self.c.state(tid) in ("succeeded", "cancelled", "failed"), 20,
+                       msg="%s settled" % tid)
+        time.sleep(0.5)
+        return ids, outcomes
+
+    def test_put_racing_with_delivery(self):
+        ids, outcomes = self.race(60, "put")
+        self.assertLessEqual(set(outcomes.values()), {200, 404, 409}, outcomes)
+        for tid in ids:
+            got = self.rec.for_timer(tid)
+            paths = [r.path for r in got]
+            if outcomes[tid] == 200:
+                self.assertEqual(paths, ["/new"], "PUT answered 200 for %s" % tid)
+                self.assertEqual(got[0].body, b"new")
+            else:
+                self.assertEqual(paths, ["/slowish"], "PUT answered %d for %s" % (outcomes[tid], tid))
+                self.assertEqual(got[0].body, b"old")
+        print("\n  PUT race outcomes: %r" % collections.Counter(outcomes.values()))
+
+    def test_delete_racing_with_delivery(self):
+        ids, outcomes = self.race(60, "delete")
+        self.assertLessEqual(set(outcomes.values()), {202, 404, 409}, outcomes)
+        for tid in ids:
+            got = self.rec.for_timer(tid)
+            if outcomes[tid] == 202:
+                self.assertEqual(got, [], "DELETE answered 202 but %s was delivered" % tid)
+                self.assertEqual(self.c.state(tid), "cancelled")
+            else:
+                self.assertEqual(len(got), 1, "DELETE answered %d for %s" % (outcomes[tid], tid))
+                self.assertEqual(self.c.state(tid), "succeeded")
+        print("\n  DELETE race outcomes: %r" % collections.Counter(outcomes.values()))
 
 
 class SlowDestinationTest(SkyringTestCase):
@@ -296,13 +409,27 @@ class SlowDestinationTest(SkyringTestCase):
             ok = self.assertCreated(c.create(timer_body(healthy.url("/ok"), timeout=10)))
             healthy.wait_timer(ok, timeout=10)
             self.assertEqual(len(slow.for_path("/slow")), 2, "per-destination limit not kept")
-            states = [c.state(t) for t in slow_ids]
-            self.assertEqual(states.count("executing"), 2, states)
+            states = {t: c.state(t) for t in slow_ids}
+            executing = [t for t, st in states.items() if st == "executing"]
+            waiting = [t for t, st in states.items() if st != "executing"]
+            self.assertEqual(len(executing), 2, states)
+            self.assertEqual({states[t] for t in waiting}, {"pending"}, states)
+            # Timers waiting in line behind the limit can still be cancelled and replaced.
+            cancelled, moved = waiting[0], waiting[1]
+            self.assertEqual(c.delete("/timer/" + cancelled).status, 202)
+            r = c.put("/timer/" + moved, timer_body(healthy.url("/moved"), timeout=10))
+            self.assertEqual(r.status, 200, r)
+            healthy.wait_timer(moved, timeout=10)
         finally:
             gate.set()
-        for t in slow_ids:
+        rest = [t for t in slow_ids if t not in (cancelled, moved)]
+        for t in rest:
             wait_until(lambda: c.state(t) == "succeeded", 20, msg="held timer %s delivered" % t)
-        self.assertEqual(sorted(r.timer_id for r in slow.for_path("/slow")), sorted(slow_ids))
+        time.sleep(0.3)
+        self.assertEqual(sorted(r.timer_id for r in slow.for_path("/slow")), sorted(rest))
+        self.assertEqual(c.state(cancelled), "cancelled")
+        self.assertEqual(c.state(moved), "succeeded")
+        self.assertEqual([r.path for r in healthy.for_timer(moved)], ["/moved"])
 
 
 if __name__ == "__main__":
