@@ -58,6 +58,21 @@ int run_node(const Config& config) {
   SystemClock clock;
   Registry metrics;
 
+  // Claim the HTTP address first: a port in use is reported before anything else happens.
+  // Nothing is accepted until recovery is done (start() below).
+  IoLoop loop(clock);
+  Api* api_ptr = nullptr;
+  HttpServerOptions sopts;
+  sopts.host = config.host;
+  sopts.port = config.port;
+  sopts.max_connections = config.max_connections;
+  sopts.idle_timeout_ms = config.idle_timeout_ms;
+  HttpServer server(
+      loop, sopts, [&api_ptr](const ApiRequest& r, Api::Done d) { api_ptr->handle(r, std::move(d)); },
+      metrics);
+  auto port = server.bind();
+  if (!port) return config_error(port.error().message);
+
   std::unique_ptr<Kv> kv;
   bool durable = config.storage == "rocksdb";
   if (durable) {
@@ -86,7 +101,6 @@ int run_node(const Config& config) {
   http_opts.max_connections_per_host = config.max_inflight_per_destination;
   transports.add(std::make_unique<HttpTransport>(http_opts));
 
-  IoLoop loop(clock);
   CommitterOptions copts;
   copts.sync = durable;
   copts.max_queue_ops = config.max_pending_writes * 4 + config.max_inflight * 4 + 65536;
@@ -116,15 +130,8 @@ int run_node(const Config& config) {
   ApiOptions aopts;
   aopts.node_id = node_id;
   Api api(engine, transports, metrics, clock, aopts);
-  HttpServerOptions sopts;
-  sopts.host = config.host;
-  sopts.port = config.port;
-  sopts.max_connections = config.max_connections;
-  sopts.idle_timeout_ms = config.idle_timeout_ms;
-  HttpServer server(loop, sopts, [&api](const ApiRequest& r, Api::Done d) { api.handle(r, std::move(d)); },
-                    metrics);
-  auto port = server.start();
-  if (!port) return config_error(port.error().message);
+  api_ptr = &api;
+  if (auto started = server.start(); !started) return config_error(started.error().message);
 
   loop.set_on_wake([&engine] { engine.tick(); });
   loop.every(1000, [&engine] { engine.housekeeping(); });
@@ -133,7 +140,7 @@ int run_node(const Config& config) {
     signal_seen = sig;
     loop.stop();
   });
-  log::info("skyring {} listening on {}:{} (node {})", kVersion, config.host, *port, node_id);
+  log::always("skyring {} listening on {}:{} (node {})", kVersion, config.host, *port, node_id);
   engine.tick();
   loop.run();
 

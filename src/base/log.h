@@ -19,6 +19,11 @@ void init(Level level, bool json);
 bool enabled(Level level);
 void write(Level level, std::string_view message);
 
+// Written whatever the level: lines other programs wait for (e.g. "listening").
+template <typename... A>
+void always(fmt::format_string<A...> f, A&&... a) {
+  write(Level::kInfo, fmt::format(f, std::forward<A>(a)...));
+}
 template <typename... A>
 void trace(fmt::format_string<A...> f, A&&... a) {
   if (enabled(Level::kTrace)) write(Level::kTrace, fmt::format(f, std::forward<A>(a)...));

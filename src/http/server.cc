@@ -126,6 +126,22 @@ struct HttpServer::Impl : std::enable_shared_from_this<HttpServer::Impl> {
         if (status != 0) {
           co_await write_response(stream, simple_error(status, msg), false, false, 11, ok);
         }
+        if (status == 413 && ok) {
+          // A client that sends its whole body before reading would see a reset instead of
+          // the 413 if we closed with its body unread: read and drop it, bounded in bytes
+          // and time.
+          beast::error_code ignored;
+          stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
+          stream.expires_after(std::chrono::seconds(2));
+          std::vector<char> sink(64 * 1024);
+          size_t drained = 0;
+          while (drained < 64 * options.max_body_bytes) {
+            auto [rec, got] =
+                co_await stream.async_read_some(asio::buffer(sink), kTuple);
+            if (rec) break;
+            drained += got;
+          }
+        }
         break;
       }
       auto& req = parser.get();
@@ -172,7 +188,7 @@ HttpServer::HttpServer(IoLoop& loop, HttpServerOptions options, HttpHandler hand
 
 HttpServer::~HttpServer() = default;
 
-Result<uint16_t> HttpServer::start() {
+Result<uint16_t> HttpServer::bind() {
   beast::error_code ec;
   auto addr = asio::ip::make_address(impl_->options.host, ec);
   if (ec) return fail(Errc::kInvalidArgument, fmt::format("--host {} is not an IP address", impl_->options.host));
@@ -181,14 +197,19 @@ Result<uint16_t> HttpServer::start() {
   a.open(ep.protocol(), ec);
   if (!ec) a.set_option(asio::socket_base::reuse_address(true), ec);
   if (!ec) a.bind(ep, ec);
-  if (!ec) a.listen(asio::socket_base::max_listen_connections, ec);
   if (ec) {
     return fail(Errc::kIo, fmt::format("cannot listen on {}:{}: {}", impl_->options.host,
                                        impl_->options.port, ec.message()));
   }
-  uint16_t port = a.local_endpoint().port();
+  return a.local_endpoint().port();
+}
+
+Result<void> HttpServer::start() {
+  beast::error_code ec;
+  impl_->acceptor.listen(asio::socket_base::max_listen_connections, ec);
+  if (ec) return fail(Errc::kIo, fmt::format("cannot listen: {}", ec.message()));
   asio::co_spawn(impl_->loop.impl().io, impl_->accept_loop(), asio::detached);
-  return port;
+  return {};
 }
 
 void HttpServer::stop_accepting() {

@@ -38,8 +38,10 @@ class HttpServer {
   HttpServer(IoLoop& loop, HttpServerOptions options, HttpHandler handler, Registry& metrics);
   ~HttpServer();
 
-  // Binds and starts accepting; returns the bound port (useful with port 0).
-  Result<uint16_t> start();
+  // Claims the address (nothing is accepted yet); returns the bound port (useful with port 0).
+  Result<uint16_t> bind();
+  // Listens and starts accepting.
+  Result<void> start();
   void stop_accepting();
   bool drained() const;
   size_t connections() const;
