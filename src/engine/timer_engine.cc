@@ -10,6 +10,8 @@ namespace {
 
 // Starts per tick() before yielding the thread to requests.
 constexpr int kMaxStartsPerTick = 4096;
+// Distinct uris whose destination key is remembered (then the cache starts over).
+constexpr size_t kDestinationCacheSize = 4096;
 
 std::string base62(uint64_t v) {
   static const char kDigits[] = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
@@ -176,6 +178,7 @@ void TimerEngine::erase_slot(const std::string& id) {
   auto it = slots_.find(id);
   SKYRING_ASSERT(it != slots_.end(), "erasing an unknown slot");
   dequeue(&it->second);
+  release_destination(&it->second);
   slots_.erase(it);
   if (probe_.pending) probe_.pending->set(static_cast<int64_t>(slots_.size()));
 }
@@ -206,6 +209,7 @@ void TimerEngine::create(TimerRecord r, Reply<CreateResult> done) {
   s.id = &it->first;
   s.next_us = r.next_us;
   s.state = State::kPending;
+  bind_destination(&s, r);
   KvBatch b;
   TimerStore::put_waiting(b, r);
   std::string id = r.id;
@@ -231,6 +235,8 @@ void TimerEngine::replace(TimerRecord r, Reply<void> done) {
   s.parked = false;  // a stale entry in a parked FIFO is skipped
   s.next_us = r.next_us;
   s.state = State::kPending;
+  release_destination(&s);
+  bind_destination(&s, r);
   KvBatch b;
   TimerStore::put_waiting(b, r);
   s.write_seq = submit(std::move(b), std::move(r), [this, done = std::move(done)](Result<void> res) {
@@ -322,6 +328,11 @@ void TimerEngine::tick() {
     if (inflight_.size() >= options_.max_inflight) return;
     if (++starts > kMaxStartsPerTick) return schedule_tick();
     heap_.pop();
+    if (s->destination != kNoDestination &&
+        destinations_[s->destination].busy >= options_.max_inflight_per_destination) {
+      park(s);  // known saturated: no need to read the record
+      continue;
+    }
     start_attempt(s);
   }
   arm();
@@ -338,20 +349,19 @@ bool TimerEngine::start_attempt(Slot* s) {
   }
   TimerRecord r = std::move(*l->record);
   r.state = s->state;
-  Transport* t = transports_.find(r.callback.transport);
-  if (t == nullptr) {
+  if (s->destination == kNoDestination && !bind_destination(s, r)) {
     r.last_error = "transport '" + r.callback.transport + "' is not loaded";
     finish(std::move(r), State::kFailed);
     return false;
   }
-  std::string dest = t->destination(r.callback.uri);
-  size_t& busy = per_destination_[dest];
-  if (busy >= options_.max_inflight_per_destination) {
-    s->parked = true;
-    parked_[dest].push_back(id);
+  Transport* t = transports_.find(r.callback.transport);
+  SKYRING_ASSERT(t != nullptr, "a bound destination implies a loaded transport");
+  Destination& dest = destinations_[s->destination];
+  if (dest.busy >= options_.max_inflight_per_destination) {
+    park(s);
     return false;
   }
-  ++busy;
+  ++dest.busy;
   s->state = State::kExecuting;
   s->parked = false;
   int64_t now = clock_.now_us();
@@ -365,7 +375,7 @@ bool TimerEngine::start_attempt(Slot* s) {
   job.data_kind = r.data_kind;
   job.data = r.data;
   job.timeout_ms = options_.delivery_timeout_ms;
-  inflight_.emplace(id, InFlight{std::move(r), std::move(dest)});
+  inflight_.emplace(id, InFlight{std::move(r), s->destination});
   if (probe_.inflight) probe_.inflight->set(static_cast<int64_t>(inflight_.size()));
   t->deliver(std::move(job), [this, id](DeliveryResult res) {
     executor_.post([this, id, res = std::move(res)]() mutable { on_delivered(id, std::move(res)); });
@@ -379,11 +389,8 @@ void TimerEngine::on_delivered(const std::string& id, DeliveryResult result) {
   InFlight f = std::move(fit->second);
   inflight_.erase(fit);
   if (probe_.inflight) probe_.inflight->set(static_cast<int64_t>(inflight_.size()));
-  auto dit = per_destination_.find(f.destination);
-  SKYRING_ASSERT(dit != per_destination_.end() && dit->second > 0, "destination count broken");
-  if (--dit->second == 0 && parked_.find(f.destination) == parked_.end()) {
-    per_destination_.erase(dit);
-  }
+  SKYRING_ASSERT(destinations_[f.destination].busy > 0, "destination count broken");
+  --destinations_[f.destination].busy;
   auto sit = slots_.find(id);
   SKYRING_ASSERT(sit != slots_.end() && sit->second.state == State::kExecuting,
                  "delivered timer is not executing");
@@ -430,25 +437,64 @@ void TimerEngine::finish(TimerRecord r, State state) {
   submit(std::move(b), std::move(r), nullptr);
 }
 
-void TimerEngine::unpark(const std::string& destination) {
-  auto pit = parked_.find(destination);
-  if (pit == parked_.end()) return;
-  std::deque<std::string>& q = pit->second;
-  while (!q.empty() && firing_ && !failed_ && inflight_.size() < options_.max_inflight &&
-         per_destination_[destination] < options_.max_inflight_per_destination) {
-    std::string id = std::move(q.front());
-    q.pop_front();
+void TimerEngine::park(Slot* s) {
+  s->parked = true;
+  destinations_[s->destination].parked.push_back(*s->id);
+}
+
+void TimerEngine::unpark(uint32_t destination) {
+  // Attempts started here may finish the timer and free the entry, so index every time.
+  while (firing_ && !failed_ && inflight_.size() < options_.max_inflight &&
+         destination < destinations_.size() && !destinations_[destination].parked.empty() &&
+         destinations_[destination].busy < options_.max_inflight_per_destination) {
+    std::string id = std::move(destinations_[destination].parked.front());
+    destinations_[destination].parked.pop_front();
     auto sit = slots_.find(id);
     if (sit == slots_.end() || !sit->second.parked) continue;  // cancelled or replaced since
     sit->second.parked = false;
     start_attempt(&sit->second);
   }
-  if (q.empty()) {
-    parked_.erase(pit);
-    if (auto d = per_destination_.find(destination); d != per_destination_.end() && d->second == 0) {
-      per_destination_.erase(d);
-    }
+}
+
+bool TimerEngine::bind_destination(Slot* s, const TimerRecord& r) {
+  SKYRING_ASSERT(s->destination == kNoDestination, "destination bound twice");
+  Transport* t = transports_.find(r.callback.transport);
+  if (t == nullptr) return false;
+  std::string cache_key = r.callback.transport + " " + r.callback.uri;
+  auto cached = destination_cache_.find(cache_key);
+  if (cached == destination_cache_.end()) {
+    if (destination_cache_.size() >= kDestinationCacheSize) destination_cache_.clear();
+    cached = destination_cache_
+                 .emplace(std::move(cache_key), r.callback.transport + " " + t->destination(r.callback.uri))
+                 .first;
   }
+  auto [it, inserted] = destination_index_.try_emplace(cached->second, 0);
+  if (inserted) {
+    if (free_destinations_.empty()) {
+      it->second = static_cast<uint32_t>(destinations_.size());
+      destinations_.emplace_back();
+    } else {
+      it->second = free_destinations_.back();
+      free_destinations_.pop_back();
+    }
+    destinations_[it->second].key = it->first;
+  }
+  s->destination = it->second;
+  ++destinations_[it->second].refs;
+  return true;
+}
+
+void TimerEngine::release_destination(Slot* s) {
+  if (s->destination == kNoDestination) return;
+  Destination& d = destinations_[s->destination];
+  SKYRING_ASSERT(d.refs > 0, "destination refcount broken");
+  if (--d.refs == 0) {
+    SKYRING_ASSERT(d.busy == 0, "destination busy without slots");
+    destination_index_.erase(d.key);
+    d = Destination{};  // parked held only stale ids
+    free_destinations_.push_back(s->destination);
+  }
+  s->destination = kNoDestination;
 }
 
 void TimerEngine::housekeeping() {

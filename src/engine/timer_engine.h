@@ -125,11 +125,21 @@ class TimerEngine {
   const std::string& failure() const { return failure_; }
 
  private:
+  static constexpr uint32_t kNoDestination = UINT32_MAX;
   struct Slot : HeapSlot {
     const std::string* id = nullptr;
-    uint64_t write_seq = 0;  // commit that made the current state durable
+    uint64_t write_seq = 0;               // commit that made the current state durable
+    uint32_t destination = kNoDestination;  // index into destinations_; unknown after recovery
     State state = State::kPending;
     bool parked = false;
+  };
+  // One per distinct destination that some slot refers to: lets tick() see a saturated
+  // destination before reading the timer's record, and park the timer for it alone.
+  struct Destination {
+    std::string key;
+    size_t refs = 0;  // slots that name it
+    size_t busy = 0;  // attempts in flight
+    std::deque<std::string> parked;  // ids; stale entries (cancelled/replaced) are skipped
   };
   struct Unsettled {
     std::optional<TimerRecord> record;  // nullopt: purged
@@ -141,7 +151,7 @@ class TimerEngine {
   };
   struct InFlight {
     TimerRecord record;
-    std::string destination;
+    uint32_t destination;
   };
 
   Result<void> admit() const;
@@ -157,7 +167,11 @@ class TimerEngine {
   bool start_attempt(Slot* s);
   void on_delivered(const std::string& id, DeliveryResult result);
   void finish(TimerRecord r, State state);
-  void unpark(const std::string& destination);
+  void unpark(uint32_t destination);
+  void park(Slot* s);
+  // Sets the slot's destination from its record (refcounted); false if the transport is gone.
+  bool bind_destination(Slot* s, const TimerRecord& r);
+  void release_destination(Slot* s);
   std::string generate_id();
   int64_t purge_at(const TimerRecord& r) const { return r.completed_us + options_.retention_us; }
 
@@ -174,8 +188,11 @@ class TimerEngine {
   TimerHeap<Slot> heap_;
   std::unordered_map<std::string, Unsettled> unsettled_;
   std::unordered_map<std::string, InFlight> inflight_;
-  std::unordered_map<std::string, size_t> per_destination_;
-  std::unordered_map<std::string, std::deque<std::string>> parked_;
+  std::unordered_map<std::string, uint32_t> destination_index_;
+  std::vector<Destination> destinations_;
+  std::vector<uint32_t> free_destinations_;
+  // uri -> destination key: most timers share a few uris, and parsing one is not free.
+  std::unordered_map<std::string, std::string> destination_cache_;
   std::deque<std::pair<uint64_t, std::function<void()>>> waiters_;
 
   uint64_t submitted_seq_ = 0;
