@@ -1,5 +1,6 @@
 #include "http/server.h"
 
+#include <algorithm>
 #include <list>
 
 #include <boost/asio/as_tuple.hpp>
@@ -7,6 +8,7 @@
 #include <boost/beast/http.hpp>
 #include <fmt/format.h>
 
+#include "base/clock.h"
 #include "base/log.h"
 #include "base/version.h"
 #include "http/io_loop_impl.h"
@@ -20,9 +22,11 @@ using tcp = asio::ip::tcp;
 constexpr auto kTuple = asio::as_tuple(asio::use_awaitable);
 
 struct HttpServer::Impl : std::enable_shared_from_this<HttpServer::Impl> {
+  // Timeouts are deadlines checked by one sweeper timer, not a timer per read and write.
   struct Conn {
-    beast::tcp_stream* stream = nullptr;
+    tcp::socket* socket = nullptr;
     bool busy = false;
+    int64_t deadline_us = 0;  // monotonic; the sweeper cancels the socket's I/O after it
   };
 
   Impl(IoLoop& l, HttpServerOptions o, HttpHandler h, Registry& m)
@@ -60,7 +64,29 @@ struct HttpServer::Impl : std::enable_shared_from_this<HttpServer::Impl> {
 
   // Responses are serialized by hand into one buffer: cheaper than building a Beast message
   // and the shapes are few and fixed.
-  asio::awaitable<void> write_response(beast::tcp_stream& stream, ApiResponse r, bool keep_alive,
+  void arm_deadline(Conn& c, int64_t ms) { c.deadline_us = monotonic_us() + ms * 1000; }
+
+  asio::awaitable<void> sweep() {
+    auto self = shared_from_this();
+    asio::steady_timer timer(loop.impl().io);
+    int64_t period_ms = std::clamp<int64_t>(options.idle_timeout_ms / 4, 10, 1000);
+    for (;;) {
+      timer.expires_after(std::chrono::milliseconds(period_ms));
+      auto [ec] = co_await timer.async_wait(kTuple);
+      if (ec) co_return;
+      int64_t now = monotonic_us();
+      for (Conn& c : conns) {
+        if (c.deadline_us != 0 && now > c.deadline_us) {
+          beast::error_code ignored;
+          c.socket->cancel(ignored);
+          c.deadline_us = 0;
+        }
+      }
+      if (stopping && conns.empty()) co_return;
+    }
+  }
+
+  asio::awaitable<void> write_response(Conn& conn, ApiResponse r, bool keep_alive,
                                        bool head, unsigned version, bool& ok) {
     std::string out;
     out.reserve(256 + r.body.size());
@@ -78,25 +104,25 @@ struct HttpServer::Impl : std::enable_shared_from_this<HttpServer::Impl> {
     }
     out += "\r\n";
     if (!head) out += r.body;
-    stream.expires_after(std::chrono::milliseconds(options.idle_timeout_ms));
-    auto [ec, n] = co_await asio::async_write(stream, asio::buffer(out), kTuple);
+    arm_deadline(conn, options.idle_timeout_ms);
+    auto [ec, n] = co_await asio::async_write(*conn.socket, asio::buffer(out), kTuple);
     requests.inc();
     ok = !ec;
   }
 
   asio::awaitable<void> session(tcp::socket sock) {
     auto self = shared_from_this();
-    beast::tcp_stream stream(std::move(sock));
+    tcp::socket& stream = sock;
     beast::error_code opt_ec;
-    stream.socket().set_option(tcp::no_delay(true), opt_ec);
-    auto it = conns.insert(conns.end(), Conn{&stream, false});
+    stream.set_option(tcp::no_delay(true), opt_ec);
+    auto it = conns.insert(conns.end(), Conn{&stream, false, 0});
     open.set(static_cast<int64_t>(conns.size()));
     beast::flat_buffer buffer;
     while (!stopping) {
       http::request_parser<http::string_body> parser;
       parser.header_limit(static_cast<std::uint32_t>(options.max_header_bytes));
       parser.body_limit(options.max_body_bytes);
-      stream.expires_after(std::chrono::milliseconds(options.idle_timeout_ms));
+      arm_deadline(*it, options.idle_timeout_ms);
       auto [ec, n] = co_await http::async_read_header(stream, buffer, parser, kTuple);
       bool ok = true;
       if (!ec) {
@@ -106,7 +132,18 @@ struct HttpServer::Impl : std::enable_shared_from_this<HttpServer::Impl> {
           http::response<http::empty_body> cont{http::status::continue_, hdr.version()};
           std::tie(ec, std::ignore) = co_await http::async_write(stream, cont, kTuple);
         }
-        if (!ec) std::tie(ec, n) = co_await http::async_read(stream, buffer, parser, kTuple);
+        if (!ec && !parser.is_done()) {
+          // Usually the whole body came with the header: parse it from the buffer directly
+          // instead of starting another read operation.
+          auto length = parser.content_length();
+          if (length && buffer.size() >= *length) {
+            size_t used = parser.put(buffer.data(), ec);
+            buffer.consume(used);
+          }
+          if (!ec && !parser.is_done()) {
+            std::tie(ec, n) = co_await http::async_read(stream, buffer, parser, kTuple);
+          }
+        }
       }
       if (ec) {
         // Answer what the client can fix; drop connections that went away or stalled.
@@ -124,15 +161,15 @@ struct HttpServer::Impl : std::enable_shared_from_this<HttpServer::Impl> {
           msg = fmt::format("malformed HTTP request: {}", ec.message());
         }
         if (status != 0) {
-          co_await write_response(stream, simple_error(status, msg), false, false, 11, ok);
+          co_await write_response(*it, simple_error(status, msg), false, false, 11, ok);
         }
         if (status == 413 && ok) {
           // A client that sends its whole body before reading would see a reset instead of
           // the 413 if we closed with its body unread: read and drop it, bounded in bytes
           // and time.
           beast::error_code ignored;
-          stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
-          stream.expires_after(std::chrono::seconds(2));
+          stream.shutdown(tcp::socket::shutdown_send, ignored);
+          arm_deadline(*it, 2000);
           std::vector<char> sink(64 * 1024);
           size_t drained = 0;
           while (drained < 64 * options.max_body_bytes) {
@@ -145,6 +182,7 @@ struct HttpServer::Impl : std::enable_shared_from_this<HttpServer::Impl> {
         break;
       }
       auto& req = parser.get();
+      it->deadline_us = 0;  // the answer may wait for storage; no timeout while we owe one
       ApiRequest areq;
       areq.method = std::string_view(req.method_string().data(), req.method_string().size());
       areq.target = std::string_view(req.target().data(), req.target().size());
@@ -158,14 +196,14 @@ struct HttpServer::Impl : std::enable_shared_from_this<HttpServer::Impl> {
           },
           asio::use_awaitable);
       bool keep = req.keep_alive() && !stopping;
-      co_await write_response(stream, std::move(resp), keep, req.method() == http::verb::head,
+      co_await write_response(*it, std::move(resp), keep, req.method() == http::verb::head,
                               req.version(), ok);
       it->busy = false;
       if (!ok || !keep) break;
     }
     beast::error_code ignored;
-    stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
-    stream.close();
+    stream.shutdown(tcp::socket::shutdown_send, ignored);
+    stream.close(ignored);
     conns.erase(it);
     open.set(static_cast<int64_t>(conns.size()));
   }
@@ -209,6 +247,7 @@ Result<void> HttpServer::start() {
   impl_->acceptor.listen(asio::socket_base::max_listen_connections, ec);
   if (ec) return fail(Errc::kIo, fmt::format("cannot listen: {}", ec.message()));
   asio::co_spawn(impl_->loop.impl().io, impl_->accept_loop(), asio::detached);
+  asio::co_spawn(impl_->loop.impl().io, impl_->sweep(), asio::detached);
   return {};
 }
 
@@ -217,7 +256,7 @@ void HttpServer::stop_accepting() {
   beast::error_code ec;
   impl_->acceptor.close(ec);
   for (auto& c : impl_->conns) {
-    if (!c.busy) c.stream->socket().cancel(ec);
+    if (!c.busy) c.socket->cancel(ec);
   }
 }
 
