@@ -161,8 +161,14 @@ Result<TimerRecord> Api::parse_body(const ApiRequest& req) {
     return fail(Errc::kInvalidArgument,
                 fmt::format("callback.transport '{}' is not a loaded transport", rec->callback.transport));
   }
-  if (auto v = t->validate(rec->callback.method, rec->callback.uri); !v) {
-    return tl::unexpected(v.error());
+  // Most timers name one of a few callbacks: remember the ones that passed (bounded).
+  std::string key = rec->callback.transport + ' ' + rec->callback.method + ' ' + rec->callback.uri;
+  if (valid_callbacks_.count(key) == 0) {
+    if (auto v = t->validate(rec->callback.method, rec->callback.uri); !v) {
+      return tl::unexpected(v.error());
+    }
+    if (valid_callbacks_.size() >= kValidCallbackCacheSize) valid_callbacks_.clear();
+    valid_callbacks_.insert(std::move(key));
   }
   return rec;
 }

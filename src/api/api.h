@@ -10,6 +10,7 @@
 #include <functional>
 #include <string>
 #include <string_view>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -65,6 +66,8 @@ class Api {
   const Clock& clock_;
   const ApiOptions options_;
   Histogram& latency_;
+  static constexpr size_t kValidCallbackCacheSize = 4096;
+  std::unordered_set<std::string> valid_callbacks_;  // "transport method uri" that validated
 };
 
 }  // namespace skyring
