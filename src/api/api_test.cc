@@ -9,6 +9,7 @@
 
 #include "api/api.h"
 #include "base/clock.h"
+#include "base/manual_executor.h"
 #include "base/executor.h"
 #include "base/metrics.h"
 #include "delivery/transport.h"
@@ -21,25 +22,6 @@
 namespace skyring {
 namespace {
 
-// Runs posted tasks only when the test drains it, on the test thread.
-class ManualExecutor final : public Executor {
- public:
-  void post(Task task) override { tasks_.push_back(std::move(task)); }
-  size_t run_all() {
-    size_t n = 0;
-    while (!tasks_.empty()) {
-      Task t = std::move(tasks_.front());
-      tasks_.pop_front();
-      t();
-      ++n;
-    }
-    return n;
-  }
-  size_t queued() const { return tasks_.size(); }
-
- private:
-  std::deque<Task> tasks_;
-};
 
 class NoWakeup final : public Wakeup {
  public:

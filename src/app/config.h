@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "base/duration.h"
 #include "base/result.h"
 
 namespace skyring {
@@ -37,9 +38,6 @@ struct Config {
   size_t max_queued_deliveries = 100'000;
   int64_t shutdown_timeout_ms = 10'000;
 };
-
-// Parses "500ms", "30s", "15m", "24h", "7d"; a bare integer is milliseconds.
-Result<int64_t> parse_duration_ms(std::string_view text);
 
 // argv after "run": flags; env: the process environment (name -> value).
 // On failure the message is one line meant for stderr, naming the option.

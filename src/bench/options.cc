@@ -8,6 +8,8 @@
 
 #include <fmt/format.h>
 
+#include "base/duration.h"
+
 namespace skyring::bench {
 namespace {
 
@@ -54,21 +56,6 @@ Result<void> parse_url(BenchOptions& o, const std::string& url) {
 }
 
 }  // namespace
-
-Result<int64_t> parse_duration(std::string_view text) {
-  size_t i = 0;
-  while (i < text.size() && text[i] >= '0' && text[i] <= '9') ++i;
-  int64_t n = 0;
-  auto [p, ec] = std::from_chars(text.data(), text.data() + i, n);
-  if (i == 0 || ec != std::errc() || n > 86'400'000) {
-    return usage_error(fmt::format("'{}' is not a duration (e.g. 500ms, 10s, 2m)", text));
-  }
-  std::string_view unit = text.substr(i);
-  if (unit.empty() || unit == "ms") return n;
-  if (unit == "s") return n * 1000;
-  if (unit == "m") return n * 60'000;
-  return usage_error(fmt::format("'{}' has an unknown unit (ms, s, m)", text));
-}
 
 std::string usage_text() {
   return "Usage: skyring-bench [scenario...] [options]\n"
@@ -150,9 +137,9 @@ Result<BenchOptions> parse_options(const std::vector<std::string>& args, const s
       } else if (a == "--url") {
         ok = parse_url(o, *v);
       } else if (a == "--duration") {
-        auto d = parse_duration(*v);
+        auto d = parse_duration_ms(*v);
         if (!d) return usage_error("--duration: " + d.error().message);
-        if (*d < 100) return usage_error("--duration: must be at least 100ms");
+        if (*d < 100 || *d > 86'400'000) return usage_error("--duration: must be from 100ms to 24h");
         o.duration_ms = *d;
       } else if (a == "--storage") {
         if (*v != "rocksdb" && *v != "memory") {

@@ -36,9 +36,6 @@ Result<BenchOptions> parse_options(const std::vector<std::string>& args, const s
 
 std::string usage_text();
 
-// "10s", "500ms", "2m", bare integer = milliseconds.
-Result<int64_t> parse_duration(std::string_view text);
-
 // Set by SIGINT/SIGTERM: every loop of the bench checks it and winds down, so the node is
 // killed and the temp dirs removed on the way out.
 inline std::atomic<bool>& interrupted() {

@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "base/executor.h"
+#include "base/manual_executor.h"
 #include "delivery/transport.h"
 #include "engine/timer_engine.h"
 #include "storage/group_committer.h"
@@ -16,32 +16,7 @@
 
 namespace skyring::testing {
 
-class ManualExecutor final : public Executor {
- public:
-  void post(Task t) override {
-    std::lock_guard lock(mu_);
-    tasks_.push_back(std::move(t));
-  }
-  // Runs tasks (including ones they post) until none is left; returns how many ran.
-  size_t run_all() {
-    size_t n = 0;
-    for (;;) {
-      Task t;
-      {
-        std::lock_guard lock(mu_);
-        if (tasks_.empty()) return n;
-        t = std::move(tasks_.front());
-        tasks_.pop_front();
-      }
-      t();
-      ++n;
-    }
-  }
-
- private:
-  std::mutex mu_;
-  std::deque<Task> tasks_;
-};
+using skyring::ManualExecutor;
 
 class RecordingWakeup final : public Wakeup {
  public:

@@ -20,6 +20,7 @@
 #include "base/executor.h"
 #include "base/metrics.h"
 #include "model/codec.h"
+#include "base/manual_executor.h"
 #include "storage/group_committer.h"
 #include "storage/kv.h"
 #include "storage/timer_store.h"
@@ -507,55 +508,6 @@ INSTANTIATE_TEST_SUITE_P(Backends, TimerStoreTest,
 // ---------------------------------------------------------------------------------------------
 // GroupCommitter
 
-// An Executor the test drains by hand, on the test thread.
-class ManualExecutor final : public Executor {
- public:
-  void post(Task task) override {
-    {
-      std::lock_guard lock(mu_);
-      tasks_.push_back(std::move(task));
-    }
-    cv_.notify_all();
-  }
-  // Runs what is queued (and what those tasks post) on the calling thread.
-  size_t run_all() {
-    size_t n = 0;
-    for (;;) {
-      Task t;
-      {
-        std::lock_guard lock(mu_);
-        if (tasks_.empty()) return n;
-        t = std::move(tasks_.front());
-        tasks_.pop_front();
-      }
-      t();
-      ++n;
-    }
-  }
-  size_t queued() {
-    std::lock_guard lock(mu_);
-    return tasks_.size();
-  }
-  // Waits (with a generous safety limit, never for correctness) until a task is queued.
-  bool wait_for_task() {
-    std::unique_lock lock(mu_);
-    return cv_.wait_for(lock, 60s, [&] { return !tasks_.empty(); });
-  }
-  // Drains until pred() holds; false if nothing arrived within the safety limit.
-  template <typename Pred>
-  bool drain_until(Pred pred) {
-    while (!pred()) {
-      if (!wait_for_task()) return false;
-      run_all();
-    }
-    return true;
-  }
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<Task> tasks_;
-};
 
 // Wraps a Kv: counts writes, can hold a chosen write until released, fail chosen writes, and
 // sleep a little in each write.
