@@ -2,15 +2,17 @@
 
 #include <charconv>
 
-#include <boost/json.hpp>
 #include <fmt/format.h>
+#include <boost/json.hpp>
 
 namespace skyring {
 namespace {
 
 namespace json = boost::json;
 
-std::string quoted(std::string_view s) { return json::serialize(json::string(s)); }
+std::string quoted(std::string_view s) {
+  return json::serialize(json::string(s));
+}
 
 ApiResponse id_body(int status, const std::string& id) {
   ApiResponse r;
@@ -67,14 +69,22 @@ Api::Api(TimerEngine& engine, const TransportRegistry& transports, Registry& met
 
 int Api::status_for(Errc code) {
   switch (code) {
-    case Errc::kInvalidArgument: return 400;
-    case Errc::kNotFound: return 404;
-    case Errc::kConflict: return 409;
-    case Errc::kTooLarge: return 413;
-    case Errc::kOverloaded: return 503;
-    case Errc::kUnavailable: return 503;
-    case Errc::kCorruption: return 500;
-    case Errc::kIo: return 500;
+    case Errc::kInvalidArgument:
+      return 400;
+    case Errc::kNotFound:
+      return 404;
+    case Errc::kConflict:
+      return 409;
+    case Errc::kTooLarge:
+      return 413;
+    case Errc::kOverloaded:
+      return 503;
+    case Errc::kUnavailable:
+      return 503;
+    case Errc::kCorruption:
+      return 500;
+    case Errc::kIo:
+      return 500;
   }
   return 500;
 }
@@ -126,7 +136,8 @@ void Api::handle(const ApiRequest& req, Done done) {
     if (m == "DELETE") {
       return engine_.cancel(std::string(id),
                             [id = std::string(id), done = std::move(timed)](Result<void> r) {
-                              if (!r) return done(error(status_for(r.error().code), r.error().message));
+                              if (!r)
+                                return done(error(status_for(r.error().code), r.error().message));
                               done(id_body(202, id));
                             });
     }
@@ -158,8 +169,9 @@ Result<TimerRecord> Api::parse_body(const ApiRequest& req) {
   if (!rec) return rec;
   Transport* t = transports_.find(rec->callback.transport);
   if (t == nullptr) {
-    return fail(Errc::kInvalidArgument,
-                fmt::format("callback.transport '{}' is not a loaded transport", rec->callback.transport));
+    return fail(
+        Errc::kInvalidArgument,
+        fmt::format("callback.transport '{}' is not a loaded transport", rec->callback.transport));
   }
   // Most timers name one of a few callbacks: remember the ones that passed (bounded).
   std::string key = rec->callback.transport + ' ' + rec->callback.method + ' ' + rec->callback.uri;
@@ -210,11 +222,13 @@ void Api::list(std::string_view query, Done done) {
     size_t eq = pair.find('=');
     std::string_view key = pair.substr(0, eq);
     std::string_view raw = eq == std::string_view::npos ? std::string_view() : pair.substr(eq + 1);
-    if (!decode(raw, &value)) return done(error(400, fmt::format("query parameter {} is malformed", key)));
+    if (!decode(raw, &value))
+      return done(error(400, fmt::format("query parameter {} is malformed", key)));
     if (key == "state") {
       if (!parse_state(value, &state)) {
-        return done(error(400, "state must be one of pending, executing, retrying, succeeded, "
-                               "failed, cancelled"));
+        return done(error(400,
+                          "state must be one of pending, executing, retrying, succeeded, "
+                          "failed, cancelled"));
       }
       have_state = true;
     } else if (key == "limit") {

@@ -9,8 +9,8 @@
 
 #include "api/api.h"
 #include "base/clock.h"
-#include "base/manual_executor.h"
 #include "base/executor.h"
+#include "base/manual_executor.h"
 #include "base/metrics.h"
 #include "delivery/transport.h"
 #include "engine/timer_engine.h"
@@ -21,7 +21,6 @@
 
 namespace skyring {
 namespace {
-
 
 class NoWakeup final : public Wakeup {
  public:

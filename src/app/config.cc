@@ -4,15 +4,16 @@
 #include <functional>
 #include <optional>
 
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
 #include <toml++/toml.h>
+#include <CLI/CLI.hpp>
 
 namespace skyring {
 namespace {
 
 struct Option {
-  const char* name;  // flag without dashes; env SKYRING_<NAME>; TOML key name (or name_with_underscores)
+  const char*
+      name;  // flag without dashes; env SKYRING_<NAME>; TOML key name (or name_with_underscores)
   const char* help;
   std::function<Result<void>(Config&, const std::string&)> set;
   bool repeatable = false;
@@ -91,7 +92,8 @@ const std::vector<Option>& options() {
        string_field(&Config::advertise)},
       {"log-level", "trace, debug, info, warn, error",
        choice_field("log-level", &Config::log_level, {"trace", "debug", "info", "warn", "error"})},
-      {"log-format", "text or json", choice_field("log-format", &Config::log_format, {"text", "json"})},
+      {"log-format", "text or json",
+       choice_field("log-format", &Config::log_format, {"text", "json"})},
       {"retention", "how long completed timers stay readable (e.g. 24h, 30m)",
        duration_field("retention", &Config::retention_ms, 1000)},
       {"transport", "path of a transport plugin (repeatable)",
@@ -181,18 +183,23 @@ Result<Config> load_config(const std::vector<std::string>& args,
         if (key == o.name) match = &o;
       }
       if (match == nullptr) {
-        return fail(Errc::kInvalidArgument,
-                    fmt::format("--config {}: unknown key '{}'", config_file, std::string(k.str())));
+        return fail(Errc::kInvalidArgument, fmt::format("--config {}: unknown key '{}'",
+                                                        config_file, std::string(k.str())));
       }
       if (auto* arr = node.as_array()) {
         for (auto& el : *arr) {
           auto v = toml_scalar(el);
-          if (!v) return fail(Errc::kInvalidArgument, fmt::format("--config {}: '{}' has an unsupported value", config_file, key));
+          if (!v)
+            return fail(
+                Errc::kInvalidArgument,
+                fmt::format("--config {}: '{}' has an unsupported value", config_file, key));
           file_values[key].push_back(*v);
         }
       } else {
         auto v = toml_scalar(node);
-        if (!v) return fail(Errc::kInvalidArgument, fmt::format("--config {}: '{}' has an unsupported value", config_file, key));
+        if (!v)
+          return fail(Errc::kInvalidArgument,
+                      fmt::format("--config {}: '{}' has an unsupported value", config_file, key));
         file_values[key].push_back(*v);
       }
     }
@@ -233,7 +240,8 @@ std::string config_help() {
   std::string out =
       "Usage: skyring run [options]\n\nEvery option is also an environment variable "
       "SKYRING_<OPTION> (upper case, dashes as underscores) and a key in the --config TOML "
-      "file. Precedence: flag > environment > file > default.\n\n  --config FILE\n      TOML file\n";
+      "file. Precedence: flag > environment > file > default.\n\n  --config FILE\n      TOML "
+      "file\n";
   for (const Option& o : options()) out += fmt::format("  --{} VALUE\n      {}\n", o.name, o.help);
   return out;
 }

@@ -40,7 +40,8 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (args[0] != "run") {
-    std::fprintf(stderr, "skyring: error: unknown command '%s' (try: skyring run)\n", args[0].c_str());
+    std::fprintf(stderr, "skyring: error: unknown command '%s' (try: skyring run)\n",
+                 args[0].c_str());
     return 2;
   }
   args.erase(args.begin());
@@ -53,7 +54,8 @@ int main(int argc, char** argv) {
   std::map<std::string, std::string> env;
   for (char** e = environ; *e != nullptr; ++e) {
     const char* eq = std::strchr(*e, '=');
-    if (eq != nullptr && std::strncmp(*e, "SKYRING_", 8) == 0) env.emplace(std::string(*e, static_cast<size_t>(eq - *e)), eq + 1);
+    if (eq != nullptr && std::strncmp(*e, "SKYRING_", 8) == 0)
+      env.emplace(std::string(*e, static_cast<size_t>(eq - *e)), eq + 1);
   }
   auto config = load_config(args, env);
   if (!config) {

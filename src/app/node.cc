@@ -34,9 +34,11 @@ int config_error(const std::string& msg) {
 Result<void> prepare_data_dir(const std::string& dir) {
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
-  if (ec) return fail(Errc::kIo, fmt::format("--data-dir {}: cannot create: {}", dir, ec.message()));
+  if (ec)
+    return fail(Errc::kIo, fmt::format("--data-dir {}: cannot create: {}", dir, ec.message()));
   if (access(dir.c_str(), W_OK | X_OK) != 0) {
-    return fail(Errc::kIo, fmt::format("--data-dir {}: not writable: {}", dir, std::strerror(errno)));
+    return fail(Errc::kIo,
+                fmt::format("--data-dir {}: not writable: {}", dir, std::strerror(errno)));
   }
   return {};
 }
@@ -68,8 +70,8 @@ int run_node(const Config& config) {
   sopts.max_connections = config.max_connections;
   sopts.idle_timeout_ms = config.idle_timeout_ms;
   HttpServer server(
-      loop, sopts, [&api_ptr](const ApiRequest& r, Api::Done d) { api_ptr->handle(r, std::move(d)); },
-      metrics);
+      loop, sopts,
+      [&api_ptr](const ApiRequest& r, Api::Done d) { api_ptr->handle(r, std::move(d)); }, metrics);
   auto port = server.bind();
   if (!port) return config_error(port.error().message);
 
@@ -84,7 +86,8 @@ int run_node(const Config& config) {
     kv = make_memory_kv();
   }
   TimerStore store(*kv);
-  if (auto r = store.open(); !r) return config_error(fmt::format("--data-dir {}: {}", config.data_dir, r.error().message));
+  if (auto r = store.open(); !r)
+    return config_error(fmt::format("--data-dir {}: {}", config.data_dir, r.error().message));
 
   std::string node_id = config.node_id;
   auto stored_id = store.meta("node-id");
@@ -105,12 +108,12 @@ int run_node(const Config& config) {
   copts.sync = durable;
   copts.max_queue_ops = config.max_pending_writes * 4 + config.max_inflight * 4 + 65536;
   CommitterProbe cprobe;
-  cprobe.commit_seconds = &metrics.histogram("skyring_storage_commit_seconds",
-                                             "Latency of one group commit (write + fsync)",
-                                             latency_buckets_seconds());
-  cprobe.group_size = &metrics.histogram("skyring_storage_commit_batch_size",
-                                         "Changes per group commit",
-                                         {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096});
+  cprobe.commit_seconds =
+      &metrics.histogram("skyring_storage_commit_seconds",
+                         "Latency of one group commit (write + fsync)", latency_buckets_seconds());
+  cprobe.group_size =
+      &metrics.histogram("skyring_storage_commit_batch_size", "Changes per group commit",
+                         {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096});
   GroupCommitter committer(*kv, loop, copts, cprobe);
 
   EngineOptions eopts;
@@ -123,7 +126,8 @@ int run_node(const Config& config) {
                      EngineProbe::make(metrics));
   int64_t t0 = monotonic_us();
   auto recovered = engine.recover();
-  if (!recovered) return config_error(fmt::format("recovery failed: {}", recovered.error().message));
+  if (!recovered)
+    return config_error(fmt::format("recovery failed: {}", recovered.error().message));
   log::info("recovered {} waiting timers in {} ms (storage {}, node {})", *recovered,
             (monotonic_us() - t0) / 1000, config.storage, node_id);
 

@@ -24,12 +24,18 @@ std::shared_ptr<spdlog::logger>& logger() {
 
 const char* level_name(Level l) {
   switch (l) {
-    case Level::kTrace: return "trace";
-    case Level::kDebug: return "debug";
-    case Level::kInfo: return "info";
-    case Level::kWarn: return "warn";
-    case Level::kError: return "error";
-    case Level::kOff: return "off";
+    case Level::kTrace:
+      return "trace";
+    case Level::kDebug:
+      return "debug";
+    case Level::kInfo:
+      return "info";
+    case Level::kWarn:
+      return "warn";
+    case Level::kError:
+      return "error";
+    case Level::kOff:
+      return "off";
   }
   return "info";
 }
@@ -37,11 +43,21 @@ const char* level_name(Level l) {
 void json_escape(std::string& out, std::string_view s) {
   for (char c : s) {
     switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
       default:
         if (static_cast<unsigned char>(c) < 0x20) {
           out += fmt::format("\\u{:04x}", static_cast<unsigned>(c));
@@ -68,12 +84,14 @@ void init(Level level, bool json) {
   logger()->set_pattern(json ? "%v" : "%Y-%m-%dT%H:%M:%S.%e %l %v");
 }
 
-bool enabled(Level level) { return static_cast<int>(level) >= g_level.load(std::memory_order_relaxed); }
+bool enabled(Level level) {
+  return static_cast<int>(level) >= g_level.load(std::memory_order_relaxed);
+}
 
 void write(Level level, std::string_view message) {
   static const spdlog::level::level_enum map[] = {spdlog::level::trace, spdlog::level::debug,
-                                                  spdlog::level::info, spdlog::level::warn,
-                                                  spdlog::level::err, spdlog::level::off};
+                                                  spdlog::level::info,  spdlog::level::warn,
+                                                  spdlog::level::err,   spdlog::level::off};
   if (g_json.load(std::memory_order_relaxed)) {
     std::string line = fmt::format(R"({{"ts":{},"level":"{}","msg":")",
                                    std::chrono::duration_cast<std::chrono::milliseconds>(

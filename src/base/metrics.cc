@@ -18,7 +18,9 @@ void Histogram::observe(double v) {
   if (v > 0) sum_micro_.fetch_add(static_cast<uint64_t>(v * 1e6), std::memory_order_relaxed);
 }
 
-double Histogram::sum() const { return sum_micro_.load(std::memory_order_relaxed) / 1e6; }
+double Histogram::sum() const {
+  return sum_micro_.load(std::memory_order_relaxed) / 1e6;
+}
 
 Counter& Registry::counter(std::string name, std::string help) {
   std::lock_guard lock(mu_);
@@ -66,8 +68,9 @@ std::string Registry::render() const {
                          h->bounds()[i], cumulative);
         }
         cumulative += h->bucket(h->bounds().size());
-        fmt::format_to(std::back_inserter(out), "{0}_bucket{{le=\"+Inf\"}} {1}\n{0}_sum {2}\n{0}_count {1}\n",
-                       e.name, cumulative, h->sum());
+        fmt::format_to(std::back_inserter(out),
+                       "{0}_bucket{{le=\"+Inf\"}} {1}\n{0}_sum {2}\n{0}_count {1}\n", e.name,
+                       cumulative, h->sum());
         break;
       }
     }
@@ -76,8 +79,8 @@ std::string Registry::render() const {
 }
 
 std::vector<double> latency_buckets_seconds() {
-  return {0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
-          0.025,   0.05,   0.1,     0.25,   0.5,   1,     2.5,    5,     10};
+  return {0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+          0.05,    0.1,    0.25,    0.5,    1,     2.5,    5,     10};
 }
 
 }  // namespace skyring

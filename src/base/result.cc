@@ -4,14 +4,22 @@ namespace skyring {
 
 const char* errc_name(Errc code) {
   switch (code) {
-    case Errc::kInvalidArgument: return "invalid_argument";
-    case Errc::kNotFound: return "not_found";
-    case Errc::kConflict: return "conflict";
-    case Errc::kTooLarge: return "too_large";
-    case Errc::kOverloaded: return "overloaded";
-    case Errc::kUnavailable: return "unavailable";
-    case Errc::kCorruption: return "corruption";
-    case Errc::kIo: return "io";
+    case Errc::kInvalidArgument:
+      return "invalid_argument";
+    case Errc::kNotFound:
+      return "not_found";
+    case Errc::kConflict:
+      return "conflict";
+    case Errc::kTooLarge:
+      return "too_large";
+    case Errc::kOverloaded:
+      return "overloaded";
+    case Errc::kUnavailable:
+      return "unavailable";
+    case Errc::kCorruption:
+      return "corruption";
+    case Errc::kIo:
+      return "io";
   }
   return "unknown";
 }

@@ -139,7 +139,8 @@ Result<BenchOptions> parse_options(const std::vector<std::string>& args, const s
       } else if (a == "--duration") {
         auto d = parse_duration_ms(*v);
         if (!d) return usage_error("--duration: " + d.error().message);
-        if (*d < 100 || *d > 86'400'000) return usage_error("--duration: must be from 100ms to 24h");
+        if (*d < 100 || *d > 86'400'000)
+          return usage_error("--duration: must be from 100ms to 24h");
         o.duration_ms = *d;
       } else if (a == "--storage") {
         if (*v != "rocksdb" && *v != "memory") {

@@ -86,13 +86,15 @@ BENCHMARK(BM_EngineCreate);
 void BM_EngineCancel(benchmark::State& state) {
   Bench b;
   constexpr int kN = 200'000;
-  for (int i = 0; i < kN; ++i) b.engine->create(b.make(60'000 + i, fmt::format("x{}", i)), [](Result<CreateResult>) {});
+  for (int i = 0; i < kN; ++i)
+    b.engine->create(b.make(60'000 + i, fmt::format("x{}", i)), [](Result<CreateResult>) {});
   b.settle();
   int i = 0;
   for (auto _ : state) {
     if (i == kN) {
       state.PauseTiming();
-      for (int j = 0; j < kN; ++j) b.engine->create(b.make(60'000 + j, fmt::format("x{}", j)), [](Result<CreateResult>) {});
+      for (int j = 0; j < kN; ++j)
+        b.engine->create(b.make(60'000 + j, fmt::format("x{}", j)), [](Result<CreateResult>) {});
       b.settle();
       i = 0;
       state.ResumeTiming();
@@ -113,13 +115,15 @@ void BM_EngineExpire(benchmark::State& state) {
   for (auto _ : state) {
     state.PauseTiming();
     b.transport->attempts.clear();
-    for (int i = 0; i < batch; ++i) b.engine->create(b.make(1, fmt::format("e{}", n++)), [](Result<CreateResult>) {});
+    for (int i = 0; i < batch; ++i)
+      b.engine->create(b.make(1, fmt::format("e{}", n++)), [](Result<CreateResult>) {});
     b.settle();
     b.clock.advance_ms(2);
     state.ResumeTiming();
     b.engine->tick();
     b.settle();
-    for (size_t i = 0; i < b.transport->attempts.size(); ++i) b.transport->complete(i, Outcome::kSuccess);
+    for (size_t i = 0; i < b.transport->attempts.size(); ++i)
+      b.transport->complete(i, Outcome::kSuccess);
     b.settle();
   }
   state.SetItemsProcessed(state.iterations() * batch);

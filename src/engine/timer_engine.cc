@@ -36,8 +36,9 @@ EngineProbe EngineProbe::make(Registry& r) {
   p.purged = &r.counter("skyring_timers_purged_total", "Final records purged after retention");
   p.pending = &r.gauge("skyring_timers_pending", "Timers waiting for an attempt or in flight");
   p.inflight = &r.gauge("skyring_deliveries_inflight", "Delivery attempts in flight");
-  p.lateness_seconds = &r.histogram("skyring_delivery_lateness_seconds",
-                                    "Attempt start minus scheduled time", latency_buckets_seconds());
+  p.lateness_seconds =
+      &r.histogram("skyring_delivery_lateness_seconds", "Attempt start minus scheduled time",
+                   latency_buckets_seconds());
   return p;
 }
 
@@ -183,7 +184,9 @@ void TimerEngine::erase_slot(const std::string& id) {
   if (probe_.pending) probe_.pending->set(static_cast<int64_t>(slots_.size()));
 }
 
-std::string TimerEngine::generate_id() { return id_prefix_ + base62(++id_counter_); }
+std::string TimerEngine::generate_id() {
+  return id_prefix_ + base62(++id_counter_);
+}
 
 void TimerEngine::create(TimerRecord r, Reply<CreateResult> done) {
   if (auto a = admit(); !a) return done(tl::unexpected(a.error()));
@@ -213,12 +216,12 @@ void TimerEngine::create(TimerRecord r, Reply<CreateResult> done) {
   KvBatch b;
   TimerStore::put_waiting(b, r);
   std::string id = r.id;
-  s.write_seq = submit(std::move(b), std::move(r),
-                       [this, id, done = std::move(done)](Result<void> res) {
-                         if (!res) return done(fail(Errc::kUnavailable, failure_));
-                         if (probe_.created) probe_.created->inc();
-                         done(CreateResult{id, true});
-                       });
+  s.write_seq =
+      submit(std::move(b), std::move(r), [this, id, done = std::move(done)](Result<void> res) {
+        if (!res) return done(fail(Errc::kUnavailable, failure_));
+        if (probe_.created) probe_.created->inc();
+        done(CreateResult{id, true});
+      });
   if (probe_.pending) probe_.pending->set(static_cast<int64_t>(slots_.size()));
   enqueue(&s);
 }
@@ -239,11 +242,12 @@ void TimerEngine::replace(TimerRecord r, Reply<void> done) {
   bind_destination(&s, r);
   KvBatch b;
   TimerStore::put_waiting(b, r);
-  s.write_seq = submit(std::move(b), std::move(r), [this, done = std::move(done)](Result<void> res) {
-    if (!res) return done(fail(Errc::kUnavailable, failure_));
-    if (probe_.replaced) probe_.replaced->inc();
-    done({});
-  });
+  s.write_seq =
+      submit(std::move(b), std::move(r), [this, done = std::move(done)](Result<void> res) {
+        if (!res) return done(fail(Errc::kUnavailable, failure_));
+        if (probe_.replaced) probe_.replaced->inc();
+        done({});
+      });
   enqueue(&s);
 }
 
@@ -284,8 +288,7 @@ void TimerEngine::get(const std::string& id, Reply<TimerRecord> done) {
   });
 }
 
-void TimerEngine::list(State state, const std::string& cursor, size_t limit,
-                       Reply<ListPage> done) {
+void TimerEngine::list(State state, const std::string& cursor, size_t limit, Reply<ListPage> done) {
   limit = std::clamp<size_t>(limit, 1, options_.max_list);
   after_durable(submitted_seq_, [this, state, cursor, limit, done = std::move(done)] {
     if (failed_) return done(fail(Errc::kUnavailable, failure_));
@@ -378,7 +381,8 @@ bool TimerEngine::start_attempt(Slot* s) {
   inflight_.emplace(id, InFlight{std::move(r), s->destination});
   if (probe_.inflight) probe_.inflight->set(static_cast<int64_t>(inflight_.size()));
   t->deliver(std::move(job), [this, id](DeliveryResult res) {
-    executor_.post([this, id, res = std::move(res)]() mutable { on_delivered(id, std::move(res)); });
+    executor_.post(
+        [this, id, res = std::move(res)]() mutable { on_delivered(id, std::move(res)); });
   });
   return true;
 }
@@ -409,8 +413,8 @@ void TimerEngine::on_delivered(const std::string& id, DeliveryResult result) {
       if (probe_.retried) probe_.retried->inc();
       r.last_error = result.detail;
       r.state = State::kRetrying;
-      r.next_us = clock_.now_us() +
-                  static_cast<int64_t>(backoff_ms(r.retry, r.attempts, rng_())) * 1000;
+      r.next_us =
+          clock_.now_us() + static_cast<int64_t>(backoff_ms(r.retry, r.attempts, rng_())) * 1000;
       s.state = State::kRetrying;
       s.next_us = r.next_us;
       KvBatch b;
@@ -465,7 +469,8 @@ bool TimerEngine::bind_destination(Slot* s, const TimerRecord& r) {
   if (cached == destination_cache_.end()) {
     if (destination_cache_.size() >= kDestinationCacheSize) destination_cache_.clear();
     cached = destination_cache_
-                 .emplace(std::move(cache_key), r.callback.transport + " " + t->destination(r.callback.uri))
+                 .emplace(std::move(cache_key),
+                          r.callback.transport + " " + t->destination(r.callback.uri))
                  .first;
   }
   auto [it, inserted] = destination_index_.try_emplace(cached->second, 0);
@@ -521,6 +526,8 @@ void TimerEngine::housekeeping() {
   }
 }
 
-void TimerEngine::stop_firing() { firing_ = false; }
+void TimerEngine::stop_firing() {
+  firing_ = false;
+}
 
 }  // namespace skyring

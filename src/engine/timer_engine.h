@@ -55,8 +55,8 @@ struct EngineOptions {
   size_t max_unsettled = 200'000;             // changes accepted but not yet durable
   int64_t retention_us = 24LL * 3600 * 1'000'000;
   int64_t delivery_timeout_ms = 10'000;
-  size_t purge_batch = 2000;                  // final records purged per housekeeping()
-  size_t max_list = 1000;                     // page size limit for list()
+  size_t purge_batch = 2000;  // final records purged per housekeeping()
+  size_t max_list = 1000;     // page size limit for list()
 };
 
 // The engine's single re-armable wake-up. The driver calls TimerEngine::tick() at or after
@@ -128,7 +128,7 @@ class TimerEngine {
   static constexpr uint32_t kNoDestination = UINT32_MAX;
   struct Slot : HeapSlot {
     const std::string* id = nullptr;
-    uint64_t write_seq = 0;               // commit that made the current state durable
+    uint64_t write_seq = 0;                 // commit that made the current state durable
     uint32_t destination = kNoDestination;  // index into destinations_; unknown after recovery
     State state = State::kPending;
     bool parked = false;
@@ -137,8 +137,8 @@ class TimerEngine {
   // destination before reading the timer's record, and park the timer for it alone.
   struct Destination {
     std::string key;
-    size_t refs = 0;  // slots that name it
-    size_t busy = 0;  // attempts in flight
+    size_t refs = 0;                 // slots that name it
+    size_t busy = 0;                 // attempts in flight
     std::deque<std::string> parked;  // ids; stale entries (cancelled/replaced) are skipped
   };
   struct Unsettled {

@@ -335,7 +335,8 @@ TEST_F(EngineTest, SaturatedDestinationDoesNotDelayOthers) {
   advance_ms(20);
   // Two attempts to the dead destination, the rest parked; the other destination is served.
   size_t to_dead = 0, to_alive = 0;
-  for (auto& a : transport->attempts) (a.job.uri.find("dead") != std::string::npos ? to_dead : to_alive)++;
+  for (auto& a : transport->attempts)
+    (a.job.uri.find("dead") != std::string::npos ? to_dead : to_alive)++;
   EXPECT_EQ(to_dead, 2u);
   EXPECT_EQ(to_alive, 1u);
   EXPECT_TRUE(cancel(parked_then_cancelled).has_value()) << "a parked timer is still pending";
@@ -343,7 +344,8 @@ TEST_F(EngineTest, SaturatedDestinationDoesNotDelayOthers) {
   size_t done = 0;
   for (int round = 0; round < 10 && done < 5; ++round) {
     for (size_t i = 0; i < transport->attempts.size(); ++i) {
-      if (transport->attempts[i].done && transport->attempts[i].job.uri.find("dead") != std::string::npos) {
+      if (transport->attempts[i].done &&
+          transport->attempts[i].job.uri.find("dead") != std::string::npos) {
         complete(i, Outcome::kSuccess);
         ++done;
         break;
@@ -425,7 +427,9 @@ TEST_F(EngineTest, ReadsWaitForDurability) {
 
 TEST_F(EngineTest, StorageFailureStopsTheEngine) {
   std::optional<Errc> err;
-  engine->create(timer(10, "x"), [&](Result<CreateResult> r) { err = r ? std::nullopt : std::optional(r.error().code); });
+  engine->create(timer(10, "x"), [&](Result<CreateResult> r) {
+    err = r ? std::nullopt : std::optional(r.error().code);
+  });
   ex.run_all();
   committer->complete_all(/*fail_them=*/true);
   ex.run_all();

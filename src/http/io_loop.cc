@@ -15,7 +15,9 @@ IoLoop::IoLoop(const Clock& clock) : impl_(std::make_unique<Impl>(clock)) {
 
 IoLoop::~IoLoop() = default;
 
-void IoLoop::post(Task task) { asio::post(impl_->io, std::move(task)); }
+void IoLoop::post(Task task) {
+  asio::post(impl_->io, std::move(task));
+}
 
 void IoLoop::wake_at(int64_t due_us) {
   int64_t delay = due_us - impl_->clock.now_us();
@@ -26,7 +28,9 @@ void IoLoop::wake_at(int64_t due_us) {
   });
 }
 
-void IoLoop::set_on_wake(std::function<void()> fn) { impl_->on_wake = std::move(fn); }
+void IoLoop::set_on_wake(std::function<void()> fn) {
+  impl_->on_wake = std::move(fn);
+}
 
 void IoLoop::every(int64_t period_ms, std::function<void()> fn) {
   impl_->periodic.push_back(std::make_unique<Periodic>(impl_->io, period_ms, std::move(fn)));
@@ -41,7 +45,9 @@ void IoLoop::on_shutdown_signal(std::function<void(int)> fn) {
   });
 }
 
-void IoLoop::run() { impl_->io.run(); }
+void IoLoop::run() {
+  impl_->io.run();
+}
 
 bool IoLoop::run_until(const std::function<bool()>& fn, int64_t timeout_ms) {
   auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);

@@ -3,10 +3,10 @@
 #include <algorithm>
 #include <list>
 
+#include <fmt/format.h>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
-#include <fmt/format.h>
 
 #include "base/clock.h"
 #include "base/log.h"
@@ -86,8 +86,8 @@ struct HttpServer::Impl : std::enable_shared_from_this<HttpServer::Impl> {
     }
   }
 
-  asio::awaitable<void> write_response(Conn& conn, ApiResponse r, bool keep_alive,
-                                       bool head, unsigned version, bool& ok) {
+  asio::awaitable<void> write_response(Conn& conn, ApiResponse r, bool keep_alive, bool head,
+                                       unsigned version, bool& ok) {
     std::string out;
     out.reserve(256 + r.body.size());
     auto reason = http::obsolete_reason(static_cast<http::status>(r.status));
@@ -173,8 +173,7 @@ struct HttpServer::Impl : std::enable_shared_from_this<HttpServer::Impl> {
           std::vector<char> sink(64 * 1024);
           size_t drained = 0;
           while (drained < 64 * options.max_body_bytes) {
-            auto [rec, got] =
-                co_await stream.async_read_some(asio::buffer(sink), kTuple);
+            auto [rec, got] = co_await stream.async_read_some(asio::buffer(sink), kTuple);
             if (rec) break;
             drained += got;
           }
@@ -189,12 +188,13 @@ struct HttpServer::Impl : std::enable_shared_from_this<HttpServer::Impl> {
       auto tid = req["x-timer-id"];
       areq.timer_id = std::string_view(tid.data(), tid.size());
       areq.body = req.body();
-      ApiResponse resp = co_await asio::async_initiate<decltype(asio::use_awaitable), void(ApiResponse)>(
-          [this, &areq](auto h) {
-            auto shared = std::make_shared<decltype(h)>(std::move(h));
-            handler(areq, [shared](ApiResponse r) { (*shared)(std::move(r)); });
-          },
-          asio::use_awaitable);
+      ApiResponse resp =
+          co_await asio::async_initiate<decltype(asio::use_awaitable), void(ApiResponse)>(
+              [this, &areq](auto h) {
+                auto shared = std::make_shared<decltype(h)>(std::move(h));
+                handler(areq, [shared](ApiResponse r) { (*shared)(std::move(r)); });
+              },
+              asio::use_awaitable);
       bool keep = req.keep_alive() && !stopping;
       co_await write_response(*it, std::move(resp), keep, req.method() == http::verb::head,
                               req.version(), ok);
@@ -229,7 +229,9 @@ HttpServer::~HttpServer() = default;
 Result<uint16_t> HttpServer::bind() {
   beast::error_code ec;
   auto addr = asio::ip::make_address(impl_->options.host, ec);
-  if (ec) return fail(Errc::kInvalidArgument, fmt::format("--host {} is not an IP address", impl_->options.host));
+  if (ec)
+    return fail(Errc::kInvalidArgument,
+                fmt::format("--host {} is not an IP address", impl_->options.host));
   tcp::endpoint ep(addr, impl_->options.port);
   auto& a = impl_->acceptor;
   a.open(ep.protocol(), ec);
@@ -260,7 +262,11 @@ void HttpServer::stop_accepting() {
   }
 }
 
-bool HttpServer::drained() const { return impl_->conns.empty(); }
-size_t HttpServer::connections() const { return impl_->conns.size(); }
+bool HttpServer::drained() const {
+  return impl_->conns.empty();
+}
+size_t HttpServer::connections() const {
+  return impl_->conns.size();
+}
 
 }  // namespace skyring

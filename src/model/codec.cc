@@ -39,7 +39,8 @@ class Reader {
   bool u64(uint64_t* v) {
     if (pos_ + 8 > b_.size()) return false;
     uint64_t x = 0;
-    for (int i = 0; i < 8; ++i) x |= static_cast<uint64_t>(static_cast<uint8_t>(b_[pos_ + i])) << (8 * i);
+    for (int i = 0; i < 8; ++i)
+      x |= static_cast<uint64_t>(static_cast<uint8_t>(b_[pos_ + i])) << (8 * i);
     pos_ += 8;
     *v = x;
     return true;

@@ -3,8 +3,8 @@
 #include <charconv>
 #include <ctime>
 
-#include <boost/json.hpp>
 #include <fmt/format.h>
+#include <boost/json.hpp>
 
 #include "base/hash.h"
 
@@ -12,7 +12,9 @@ namespace skyring {
 namespace json = boost::json;
 namespace {
 
-tl::unexpected<Error> bad(std::string msg) { return fail(Errc::kInvalidArgument, std::move(msg)); }
+tl::unexpected<Error> bad(std::string msg) {
+  return fail(Errc::kInvalidArgument, std::move(msg));
+}
 
 // Integral JSON number as int64 (doubles with a fraction are not integers).
 bool as_int64(const json::value& v, int64_t* out) {
@@ -75,7 +77,8 @@ Result<void> parse_callback(const json::value* v, Callback* cb) {
       std::string_view value = kv.value().get_string();
       bool clean = value.find_first_of("\r\n") == std::string_view::npos;
       if (!token || !clean)
-        return bad(fmt::format("callback.headers.{} is not a valid HTTP header", std::string(name)));
+        return bad(
+            fmt::format("callback.headers.{} is not a valid HTTP header", std::string(name)));
       cb->headers.emplace_back(std::string(name), std::string(value));
     }
   }
@@ -89,13 +92,14 @@ Result<void> parse_retry(const json::value* v, const ParseLimits& limits, RetryP
   int64_t n = 0;
   if (const json::value* a = o.if_contains("attempts")) {
     if (!as_int64(*a, &n) || n < 1 || n > static_cast<int64_t>(limits.max_attempts))
-      return bad(fmt::format("retry.attempts must be an integer from 1 to {}", limits.max_attempts));
+      return bad(
+          fmt::format("retry.attempts must be an integer from 1 to {}", limits.max_attempts));
     p->attempts = static_cast<uint32_t>(n);
   }
   if (const json::value* b = o.if_contains("backoff_ms")) {
     if (!as_int64(*b, &n) || n < 0 || static_cast<uint64_t>(n) > limits.max_backoff_ms)
-      return bad(fmt::format("retry.backoff_ms must be an integer from 0 to {}",
-                             limits.max_backoff_ms));
+      return bad(
+          fmt::format("retry.backoff_ms must be an integer from 0 to {}", limits.max_backoff_ms));
     p->backoff_ms = static_cast<uint64_t>(n);
   }
   if (const json::value* m = o.if_contains("max_backoff_ms")) {
@@ -106,7 +110,8 @@ Result<void> parse_retry(const json::value* v, const ParseLimits& limits, RetryP
   } else if (p->max_backoff_ms < p->backoff_ms) {
     p->max_backoff_ms = p->backoff_ms;
   }
-  if (p->max_backoff_ms < p->backoff_ms) return bad("retry.max_backoff_ms must be >= retry.backoff_ms");
+  if (p->max_backoff_ms < p->backoff_ms)
+    return bad("retry.max_backoff_ms must be >= retry.backoff_ms");
   return {};
 }
 
@@ -142,8 +147,8 @@ Result<int64_t> parse_rfc3339_ms(std::string_view s) {
     return bad("at must be epoch milliseconds or an RFC 3339 timestamp");
   static const int kDays[] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
   bool leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-  if (mo < 1 || mo > 12 || d < 1 || d > kDays[mo - 1] || (mo == 2 && d == 29 && !leap) ||
-      h > 23 || mi > 59 || sec > 60)
+  if (mo < 1 || mo > 12 || d < 1 || d > kDays[mo - 1] || (mo == 2 && d == 29 && !leap) || h > 23 ||
+      mi > 59 || sec > 60)
     return bad("at is not a valid date and time");
   size_t pos = 19;
   int64_t ms = 0;
@@ -277,8 +282,12 @@ std::string timer_to_json(const TimerRecord& r) {
                             {"backoff_ms", r.retry.backoff_ms},
                             {"max_backoff_ms", r.retry.max_backoff_ms}};
   switch (r.data_kind) {
-    case DataKind::kNone: o["data"] = nullptr; break;
-    case DataKind::kString: o["data"] = r.data; break;
+    case DataKind::kNone:
+      o["data"] = nullptr;
+      break;
+    case DataKind::kString:
+      o["data"] = r.data;
+      break;
     case DataKind::kJson: {
       boost::system::error_code ec;
       json::value v = json::parse(r.data, ec);

@@ -13,7 +13,7 @@
 namespace skyring {
 
 struct ParseLimits {
-  size_t max_depth = 32;            // JSON nesting
+  size_t max_depth = 32;  // JSON nesting
   uint32_t max_attempts = 100;
   uint64_t max_backoff_ms = 86'400'000;  // one day
 };

@@ -4,12 +4,18 @@ namespace skyring {
 
 const char* state_name(State s) {
   switch (s) {
-    case State::kPending: return "pending";
-    case State::kExecuting: return "executing";
-    case State::kRetrying: return "retrying";
-    case State::kSucceeded: return "succeeded";
-    case State::kFailed: return "failed";
-    case State::kCancelled: return "cancelled";
+    case State::kPending:
+      return "pending";
+    case State::kExecuting:
+      return "executing";
+    case State::kRetrying:
+      return "retrying";
+    case State::kSucceeded:
+      return "succeeded";
+    case State::kFailed:
+      return "failed";
+    case State::kCancelled:
+      return "cancelled";
   }
   return "unknown";
 }

@@ -23,7 +23,9 @@ enum class State : uint8_t {
 const char* state_name(State s);
 bool parse_state(std::string_view name, State* out);
 // Pending or retrying: the timer still owes a delivery attempt.
-inline bool awaits_attempt(State s) { return s == State::kPending || s == State::kRetrying; }
+inline bool awaits_attempt(State s) {
+  return s == State::kPending || s == State::kRetrying;
+}
 inline bool is_final(State s) {
   return s == State::kSucceeded || s == State::kFailed || s == State::kCancelled;
 }
@@ -49,16 +51,16 @@ struct TimerRecord {
   std::string id;
   State state = State::kPending;
   int64_t created_us = 0;
-  int64_t due_us = 0;         // fixed at create/replace; never moves
-  int64_t next_us = 0;        // next attempt (== due_us until a retry is scheduled)
-  int64_t timeout_ms = 0;     // as requested (0 when created with "at")
-  int64_t completed_us = 0;   // when it reached a final state
-  uint32_t attempts = 0;      // attempts finished so far
-  uint64_t body_hash = 0;     // of the create/replace body, for idempotent creates
+  int64_t due_us = 0;        // fixed at create/replace; never moves
+  int64_t next_us = 0;       // next attempt (== due_us until a retry is scheduled)
+  int64_t timeout_ms = 0;    // as requested (0 when created with "at")
+  int64_t completed_us = 0;  // when it reached a final state
+  uint32_t attempts = 0;     // attempts finished so far
+  uint64_t body_hash = 0;    // of the create/replace body, for idempotent creates
   Callback callback;
   RetryPolicy retry;
   DataKind data_kind = DataKind::kNone;
-  std::string data;           // the string, or the serialized JSON object
+  std::string data;  // the string, or the serialized JSON object
   std::string last_error;
   bool operator==(const TimerRecord&) const = default;
 };

@@ -14,7 +14,9 @@ GroupCommitter::GroupCommitter(Kv& kv, Executor& completions, CommitterOptions o
   thread_ = std::thread([this] { run(); });
 }
 
-GroupCommitter::~GroupCommitter() { stop(); }
+GroupCommitter::~GroupCommitter() {
+  stop();
+}
 
 Result<void> GroupCommitter::submit(KvBatch batch, CommitDone done) {
   size_t n = batch.size() == 0 ? 1 : batch.size();

@@ -52,7 +52,8 @@ class Committer {
 
 class GroupCommitter final : public Committer {
  public:
-  GroupCommitter(Kv& kv, Executor& completions, CommitterOptions options, CommitterProbe probe = {});
+  GroupCommitter(Kv& kv, Executor& completions, CommitterOptions options,
+                 CommitterProbe probe = {});
   ~GroupCommitter() override;
 
   Result<void> submit(KvBatch batch, CommitDone done) override;

@@ -58,6 +58,8 @@ class MemoryKv final : public Kv {
 
 }  // namespace
 
-std::unique_ptr<Kv> make_memory_kv() { return std::make_unique<MemoryKv>(); }
+std::unique_ptr<Kv> make_memory_kv() {
+  return std::make_unique<MemoryKv>();
+}
 
 }  // namespace skyring

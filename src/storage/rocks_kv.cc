@@ -28,7 +28,8 @@ class RocksKv final : public Kv {
 
   Result<std::optional<std::string>> get(std::string_view key) override {
     std::string value;
-    rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), rocksdb::Slice(key.data(), key.size()), &value);
+    rocksdb::Status s =
+        db_->Get(rocksdb::ReadOptions(), rocksdb::Slice(key.data(), key.size()), &value);
     if (s.IsNotFound()) return std::optional<std::string>();
     if (!s.ok()) return tl::unexpected(to_error(s));
     return std::optional<std::string>(std::move(value));
@@ -37,7 +38,8 @@ class RocksKv final : public Kv {
   Result<void> write(const KvBatch& batch, bool sync) override {
     rocksdb::WriteBatch wb;
     for (const KvOp& op : batch) {
-      rocksdb::Status s = op.kind == KvOp::Kind::kPut ? wb.Put(op.key, op.value) : wb.Delete(op.key);
+      rocksdb::Status s =
+          op.kind == KvOp::Kind::kPut ? wb.Put(op.key, op.value) : wb.Delete(op.key);
       if (!s.ok()) return tl::unexpected(to_error(s));
     }
     rocksdb::WriteOptions wo;

@@ -18,9 +18,9 @@
 #include <vector>
 
 #include "base/executor.h"
+#include "base/manual_executor.h"
 #include "base/metrics.h"
 #include "model/codec.h"
-#include "base/manual_executor.h"
 #include "storage/group_committer.h"
 #include "storage/kv.h"
 #include "storage/timer_store.h"
@@ -507,7 +507,6 @@ INSTANTIATE_TEST_SUITE_P(Backends, TimerStoreTest,
 
 // ---------------------------------------------------------------------------------------------
 // GroupCommitter
-
 
 // Wraps a Kv: counts writes, can hold a chosen write until released, fail chosen writes, and
 // sleep a little in each write.

@@ -7,8 +7,12 @@
 namespace skyring {
 namespace {
 
-std::string key_t(std::string_view id) { return fmt::format("t/{}", id); }
-std::string key_p(std::string_view id) { return fmt::format("p/{}", id); }
+std::string key_t(std::string_view id) {
+  return fmt::format("t/{}", id);
+}
+std::string key_p(std::string_view id) {
+  return fmt::format("p/{}", id);
+}
 std::string key_s(State s, std::string_view id) {
   std::string k = "s/";
   k.push_back(static_cast<char>(s));
@@ -39,8 +43,8 @@ std::string pending_value(const TimerRecord& r) {
 }
 
 // Keys strictly after prefix+cursor and still under prefix.
-Result<std::vector<std::string>> list_ids(Kv& kv, const std::string& prefix, std::string_view cursor,
-                                          size_t limit,
+Result<std::vector<std::string>> list_ids(Kv& kv, const std::string& prefix,
+                                          std::string_view cursor, size_t limit,
                                           const std::function<bool(std::string_view)>& keep) {
   std::vector<std::string> ids;
   std::string start = prefix;
@@ -72,8 +76,8 @@ Result<void> TimerStore::open() {
     return set_meta("format", kStorageFormat);
   }
   if (**current != kStorageFormat) {
-    return fail(Errc::kCorruption,
-                fmt::format("storage format is '{}', this build reads '{}'", **current, kStorageFormat));
+    return fail(Errc::kCorruption, fmt::format("storage format is '{}', this build reads '{}'",
+                                               **current, kStorageFormat));
   }
   return {};
 }
@@ -92,7 +96,8 @@ Result<std::optional<TimerRecord>> TimerStore::get(std::string_view id) {
   if (!*raw) return std::optional<TimerRecord>();
   auto rec = decode_record(**raw);
   if (!rec) return tl::unexpected(rec.error());
-  if (rec->id != id) return fail(Errc::kCorruption, fmt::format("record under {} names {}", id, rec->id));
+  if (rec->id != id)
+    return fail(Errc::kCorruption, fmt::format("record under {} names {}", id, rec->id));
   return std::optional<TimerRecord>(std::move(*rec));
 }
 
