@@ -69,10 +69,11 @@ Result<size_t> TimerEngine::recover() {
     s.id = &it->first;
     s.next_us = e.next_us;
     s.state = e.state;
-    heap_.push(&s);
+    heap_.append_unordered(&s);
     ++n;
     return true;
   });
+  heap_.heapify();
   if (!r) return tl::unexpected(r.error());
   if (probe_.pending) probe_.pending->set(static_cast<int64_t>(slots_.size()));
   arm();

@@ -33,6 +33,16 @@ class TimerHeap {
     up(t->heap_index);
   }
 
+  // Bulk load: append without ordering, then heapify() once (O(n) instead of O(n log n)).
+  void append_unordered(T* t) {
+    SKYRING_ASSERT(t->heap_index == HeapSlot::kNotQueued, "timer queued twice");
+    t->heap_index = static_cast<uint32_t>(v_.size());
+    v_.push_back(t);
+  }
+  void heapify() {
+    for (size_t i = v_.size() / 2; i-- > 0;) down(static_cast<uint32_t>(i));
+  }
+
   T* pop() {
     T* t = v_.front();
     remove(t);

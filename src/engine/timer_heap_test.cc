@@ -46,6 +46,27 @@ TEST(TimerHeap, RemoveFromAnywhereKeepsOrder) {
   EXPECT_TRUE(std::is_sorted(got.begin(), got.end()));
 }
 
+TEST(TimerHeap, BulkLoadThenHeapify) {
+  std::vector<Item> items(10000);
+  std::mt19937_64 rng(4);
+  TimerHeap<Item> h;
+  for (auto& it : items) {
+    it.next_us = static_cast<int64_t>(rng() % 5000);
+    h.append_unordered(&it);
+  }
+  h.heapify();
+  h.remove(&items[17]);
+  int64_t last = -1;
+  size_t n = 0;
+  while (!h.empty()) {
+    Item* t = h.pop();
+    ASSERT_GE(t->next_us, last);
+    last = t->next_us;
+    ++n;
+  }
+  EXPECT_EQ(n, items.size() - 1);
+}
+
 // Millions of timers: two million inserts, one million cancels, the rest expire in order.
 TEST(TimerHeap, MillionsOfInsertsAndCancels) {
   constexpr size_t kN = 2'000'000;
