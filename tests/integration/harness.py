@@ -639,6 +639,10 @@ class SkyringTestCase(unittest.TestCase):
                 print("\n==== skyring stderr (%s) ====\n%s" % (n.data_dir, n.log()))
         return res
 
+    def path(self, name="hook"):
+        """A receiver path of this test's own: "/<test method>/<name>"."""
+        return "/" + self.id().rsplit(".", 1)[-1] + "/" + name
+
     # ---- assertions
     def assertError(self, resp, status, mentions=None):
         """An error answer: status, x-skyring-reason header, JSON {"error": msg}; optionally
@@ -764,3 +768,23 @@ def split_response(raw):
     if n is not None and n.isdigit():
         body = body[:int(n)]
     return status, headers, body
+
+
+class SharedNodeTestCase(SkyringTestCase):
+    """One node and one receiver for every test of the class (each test uses its own ids and
+    receiver paths) and a keep-alive client per test as self.c."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.node = Node()
+        cls.receiver = Receiver()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.receiver.close()
+        cls.node.close()
+
+    def setUp(self):
+        super().setUp()
+        self.c = Client(self.node.port)
+        self.addCleanup(self.c.close)

@@ -4,37 +4,16 @@ import datetime
 import time
 import unittest
 
-from harness import (Client, Node, Receiver, Response, SkyringTestCase, now_ms, send_while_reading,
-                     split_response, timer_body, wait_until)
+from harness import (Client, Node, Receiver, Response, SharedNodeTestCase, SkyringTestCase, now_ms,
+                     send_while_reading, split_response, timer_body, wait_until)
 
 TEN_YEARS_MS = 315_576_000_000  # 10 x 365.25 days
 FAR = 3600_000  # a timeout that never fires during a test
 
 
-class ApiTest(SkyringTestCase):
-    """One node and one receiver shared by the tests of this class; every test uses its own
-    ids and receiver paths."""
-
-    @classmethod
-    def setUpClass(cls):
-        cls.node = Node()
-        cls.receiver = Receiver()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.receiver.close()
-        cls.node.close()
-
-    def setUp(self):
-        super().setUp()
-        self.c = Client(self.node.port)
-        self.addCleanup(self.c.close)
-
+class ApiTest(SharedNodeTestCase):
     def hook(self, name):
-        return self.receiver.url("/" + self.id().rsplit(".", 1)[-1] + "/" + name)
-
-    def path(self, name):
-        return "/" + self.id().rsplit(".", 1)[-1] + "/" + name
+        return self.receiver.url(self.path(name))
 
     # ---------------------------------------------------------------- create / get
 

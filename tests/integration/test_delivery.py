@@ -7,29 +7,11 @@ import threading
 import time
 import unittest
 
-from harness import Client, Node, Receiver, SkyringTestCase, timer_body, wait_until
+from harness import (Client, Node, Receiver, SharedNodeTestCase, SkyringTestCase, timer_body,
+                     wait_until)
 
 
-class DeliveryTest(SkyringTestCase):
-    """One node, one receiver; each test uses its own receiver paths."""
-
-    @classmethod
-    def setUpClass(cls):
-        cls.node = Node()
-        cls.receiver = Receiver()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.receiver.close()
-        cls.node.close()
-
-    def setUp(self):
-        super().setUp()
-        self.c = Client(self.node.port)
-        self.addCleanup(self.c.close)
-
-    def path(self, name="hook"):
-        return "/" + self.id().rsplit(".", 1)[-1] + "/" + name
+class DeliveryTest(SharedNodeTestCase):
 
     def hook(self, name="hook"):
         return self.receiver.url(self.path(name))
