@@ -63,6 +63,13 @@ int run_node(const Config& config) {
   // Claim the HTTP address first: a port in use is reported before anything else happens.
   // Nothing is accepted until recovery is done (start() below).
   IoLoop loop(clock);
+  // Registered before recovery: a SIGTERM during a long recovery is held until the loop runs,
+  // then stops the node gracefully.
+  int signal_seen = 0;
+  loop.on_shutdown_signal([&](int sig) {
+    signal_seen = sig;
+    loop.stop();
+  });
   Api* api_ptr = nullptr;
   HttpServerOptions sopts;
   sopts.host = config.host;
@@ -139,11 +146,6 @@ int run_node(const Config& config) {
 
   loop.set_on_wake([&engine] { engine.tick(); });
   loop.every(1000, [&engine] { engine.housekeeping(); });
-  int signal_seen = 0;
-  loop.on_shutdown_signal([&](int sig) {
-    signal_seen = sig;
-    loop.stop();
-  });
   log::always("skyring {} listening on {}:{} (node {})", kVersion, config.host, *port, node_id);
   engine.tick();
   loop.run();
