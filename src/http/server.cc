@@ -60,8 +60,6 @@ struct HttpServer::Impl : std::enable_shared_from_this<HttpServer::Impl> {
     }
   }
 
-  ApiResponse simple_error(int status, std::string_view msg) { return Api::error(status, msg); }
-
   // Responses are serialized by hand into one buffer: cheaper than building a Beast message
   // and the shapes are few and fixed.
   void arm_deadline(Conn& c, int64_t ms) { c.deadline_us = monotonic_us() + ms * 1000; }
@@ -161,7 +159,7 @@ struct HttpServer::Impl : std::enable_shared_from_this<HttpServer::Impl> {
           msg = fmt::format("malformed HTTP request: {}", ec.message());
         }
         if (status != 0) {
-          co_await write_response(*it, simple_error(status, msg), false, false, 11, ok);
+          co_await write_response(*it, Api::error(status, msg), false, false, 11, ok);
         }
         if (status == 413 && ok) {
           // A client that sends its whole body before reading would see a reset instead of
