@@ -93,6 +93,8 @@ Result<TimerEngine::Lookup> TimerEngine::lookup(const std::string& id) {
   if (auto u = unsettled_.find(id); u != unsettled_.end()) {
     l.record = u->second.record;
     l.seq = u->second.seq;
+  } else if (auto n = near_.find(id); n != near_.end()) {
+    l.record = n->second;
   } else {
     auto got = store_.get(id);
     if (!got) return tl::unexpected(got.error());
@@ -181,8 +183,16 @@ void TimerEngine::erase_slot(const std::string& id) {
   SKYRING_ASSERT(it != slots_.end(), "erasing an unknown slot");
   dequeue(&it->second);
   release_destination(&it->second);
+  near_.erase(id);  // before the slot: `id` may be a view of the slot's own key elsewhere
   slots_.erase(it);
   if (probe_.pending) probe_.pending->set(static_cast<int64_t>(slots_.size()));
+}
+
+void TimerEngine::keep_if_near(const TimerRecord& r) {
+  if (r.next_us - clock_.now_us() <= options_.near_window_us &&
+      near_.size() < options_.max_near_records) {
+    near_.insert_or_assign(r.id, r);
+  }
 }
 
 std::string TimerEngine::generate_id() {
@@ -214,6 +224,7 @@ void TimerEngine::create(TimerRecord r, Reply<CreateResult> done) {
   s.next_us = r.next_us;
   s.state = State::kPending;
   bind_destination(&s, r);
+  keep_if_near(r);
   KvBatch b;
   TimerStore::put_waiting(b, r);
   std::string id = r.id;
@@ -241,6 +252,8 @@ void TimerEngine::replace(TimerRecord r, Reply<void> done) {
   s.state = State::kPending;
   release_destination(&s);
   bind_destination(&s, r);
+  near_.erase(r.id);
+  keep_if_near(r);
   KvBatch b;
   TimerStore::put_waiting(b, r);
   s.write_seq =
@@ -366,6 +379,7 @@ bool TimerEngine::start_attempt(Slot* s) {
     return false;
   }
   ++dest.busy;
+  near_.erase(id);  // the record now lives in inflight_ until the outcome is written
   s->state = State::kExecuting;
   s->parked = false;
   int64_t now = clock_.now_us();

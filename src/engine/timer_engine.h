@@ -57,6 +57,10 @@ struct EngineOptions {
   int64_t delivery_timeout_ms = 10'000;
   size_t purge_batch = 2000;  // final records purged per housekeeping()
   size_t max_list = 1000;     // page size limit for list()
+  // Records of timers due within near_window_us of their create/replace stay in memory (at most
+  // max_near_records), so their attempt needs no storage read.
+  int64_t near_window_us = 10'000'000;
+  size_t max_near_records = 100'000;
 };
 
 // The engine's single re-armable wake-up. The driver calls TimerEngine::tick() at or after
@@ -164,6 +168,7 @@ class TimerEngine {
   void enqueue(Slot* s);
   void dequeue(Slot* s);
   void erase_slot(const std::string& id);
+  void keep_if_near(const TimerRecord& r);
   bool start_attempt(Slot* s);
   void on_delivered(const std::string& id, DeliveryResult result);
   void finish(TimerRecord r, State state);
@@ -187,6 +192,8 @@ class TimerEngine {
   std::unordered_map<std::string, Slot> slots_;
   TimerHeap<Slot> heap_;
   std::unordered_map<std::string, Unsettled> unsettled_;
+  // Invariant: an entry is the newest record of its id (every change updates or erases it).
+  std::unordered_map<std::string, TimerRecord> near_;
   std::unordered_map<std::string, InFlight> inflight_;
   std::unordered_map<std::string, uint32_t> destination_index_;
   std::vector<Destination> destinations_;

@@ -500,6 +500,33 @@ TEST_F(EngineTest, GeneratedIdsAreUnique) {
   for (auto& id : ids) EXPECT_TRUE(valid_timer_id(id));
 }
 
+// Timers due soon after their create are attempted from memory; far ones are read from storage.
+// Either way the attempt carries the newest version (replace updates the kept record).
+TEST_F(EngineTest, NearTimersAreAttemptedWithoutAStorageRead) {
+  EngineOptions o;
+  o.near_window_us = 5'000'000;
+  start(o);
+  std::string near = create(timer(1000, "near"));
+  std::string far = create(timer(60'000, "far"));
+  std::string swapped = create(timer(2000, "swapped"));
+  ASSERT_TRUE(replace(timer(3000, "swapped", "http://b.test/new")).has_value());
+  // Corrupt the stored records: only an attempt that reads storage would notice.
+  ASSERT_TRUE(kv->write({KvOp{KvOp::Kind::kPut, "t/near", "garbage"},
+                         KvOp{KvOp::Kind::kPut, "t/swapped", "garbage"}},
+                        true)
+                  .has_value());
+  advance_ms(3000);
+  ASSERT_EQ(transport->attempts.size(), 2u);
+  EXPECT_EQ(transport->attempts[0].job.timer_id, near);
+  EXPECT_EQ(transport->attempts[1].job.timer_id, swapped);
+  EXPECT_EQ(transport->attempts[1].job.uri, "http://b.test/new");
+  // A far timer's record is read at its due time (and a corrupt one is reported, not sent).
+  ASSERT_TRUE(kv->write({KvOp{KvOp::Kind::kPut, "t/far", "garbage"}}, true).has_value());
+  advance_ms(60'000);
+  EXPECT_EQ(transport->attempts.size(), 2u);
+  EXPECT_EQ(get(far).error().code, Errc::kUnavailable);
+}
+
 TEST_F(EngineTest, ManyTimersInsertCancelExpire) {
   constexpr int kN = 100'000;
   std::mt19937_64 rng(11);
