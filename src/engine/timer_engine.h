@@ -3,7 +3,8 @@
 // Operation
 //   * Every pending/retrying/executing timer has a Slot in memory (its id, next attempt time,
 //     state: ~100 bytes with the map node) and sits in a TimerHeap. Payloads stay in storage
-//     and are read when the timer is due, so millions of far-future timers cost little RAM.
+//     and are read when the timer is due, so millions of far-future timers cost little RAM;
+//     only records due within near_window_us of their create are kept (bounded, `near_`).
 //   * A change (create, replace, cancel, an attempt's outcome, a purge) updates memory at once
 //     and is handed to the Committer. Until it is durable the new record is kept in
 //     `unsettled_`, so every read sees the newest state; a reply that reports it waits until it
