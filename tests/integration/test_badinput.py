@@ -29,6 +29,18 @@ def http_request(method, target, body=b"", headers=None, close=True):
     return head.encode("latin-1") + body
 
 
+def ping_on(sock):
+    """Sends GET /ping on a raw keep-alive socket and returns the HTTP status of the answer."""
+    sock.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+    out = b""
+    for _ in range(100):
+        chunk = sock.recv(4096)
+        out += chunk
+        if not chunk or out.endswith(b"pong"):
+            break
+    return parse_status(out), out
+
+
 def parse_responses(raw):
     """Splits a stream of HTTP/1.1 responses (Content-Length framed) into a list of
     (status, headers, body)."""
@@ -290,14 +302,8 @@ class BadInputTest(SkyringTestCase):
             for _ in range(200):
                 socks.append(socket.create_connection(("127.0.0.1", self.node.port), timeout=20))
             for s in socks:
-                s.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
-            for s in socks:
-                out = b""
-                for _ in range(100):
-                    out += s.recv(4096)
-                    if out.endswith(b"pong"):
-                        break
-                self.assertEqual(parse_status(out), 200, out)
+                status, out = ping_on(s)
+                self.assertEqual(status, 200, out)
         finally:
             for s in socks:
                 s.close()
@@ -429,13 +435,8 @@ class IdleTimeoutTest(SkyringTestCase):
         node = self.start_node(["--idle-timeout", "1s"])
         s = socket.create_connection(("127.0.0.1", node.port), timeout=20)
         try:
-            s.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
-            out = b""
-            for _ in range(100):
-                out += s.recv(4096)
-                if out.endswith(b"pong"):
-                    break
-            self.assertEqual(parse_status(out), 200)
+            status, out = ping_on(s)
+            self.assertEqual(status, 200, out)
             t0 = time.monotonic()
             try:
                 rest = s.recv(4096)
@@ -458,13 +459,8 @@ class IdleTimeoutTest(SkyringTestCase):
         try:
             # One answered request on each: all five sessions are registered (keep-alive).
             for s in socks:
-                s.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
-                out = b""
-                for _ in range(100):
-                    out += s.recv(4096)
-                    if out.endswith(b"pong"):
-                        break
-                self.assertEqual(parse_status(out), 200, out)
+                status, out = ping_on(s)
+                self.assertEqual(status, 200, out)
             # Over the limit: the connection is closed at once (no crash, no hang).
             s = socket.create_connection(("127.0.0.1", node.port), timeout=10)
             try:
