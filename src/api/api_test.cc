@@ -13,6 +13,7 @@
 #include "base/manual_executor.h"
 #include "base/metrics.h"
 #include "delivery/transport.h"
+#include "engine/engine_fakes.h"
 #include "engine/timer_engine.h"
 #include "model/request.h"
 #include "storage/group_committer.h"
@@ -21,11 +22,6 @@
 
 namespace skyring {
 namespace {
-
-class NoWakeup final : public Wakeup {
- public:
-  void wake_at(int64_t) override {}
-};
 
 // Writes each batch to the Kv at once; the completion arrives through the executor, like the
 // GroupCommitter's. fail_writes makes every write fail without touching the Kv.
@@ -144,7 +140,7 @@ class ApiTest : public ::testing::Test {
 
   ManualClock clock_{kStartUs};
   ManualExecutor executor_;
-  NoWakeup wakeup_;
+  testing::RecordingWakeup wakeup_;
   std::unique_ptr<Kv> kv_ = make_memory_kv();
   TimerStore store_{*kv_};
   SyncCommitter committer_{*kv_, executor_};
