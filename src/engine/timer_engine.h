@@ -211,6 +211,7 @@ class TimerEngine {
   bool failed_ = false;
   std::string failure_;
   std::mt19937_64 rng_;
+  void new_id_prefix();
   std::string id_prefix_;
   uint64_t id_counter_ = 0;
 };

@@ -490,14 +490,22 @@ TEST_F(EngineTest, ListsPagesByState) {
   EXPECT_LT(p1.timers.back().id, p2.timers.front().id);
 }
 
-TEST_F(EngineTest, GeneratedIdsAreUnique) {
-  std::set<std::string> ids;
-  for (int i = 0; i < 1000; ++i) {
-    engine->create(timer(100'000), [&](Result<CreateResult> r) { ids.insert(r->id); });
+// Generated ids are unique, short enough for std::string's inline buffer, and ascend in create
+// order (storage inserts then land next to each other; see docs/performance.md).
+TEST_F(EngineTest, GeneratedIdsAreUniqueShortAndAscending) {
+  std::vector<std::string> in_order;
+  for (int i = 0; i < 5000; ++i) {
+    engine->create(timer(100'000), [&](Result<CreateResult> r) { in_order.push_back(r->id); });
   }
   settle();
-  EXPECT_EQ(ids.size(), 1000u);
-  for (auto& id : ids) EXPECT_TRUE(valid_timer_id(id));
+  ASSERT_EQ(in_order.size(), 5000u);
+  std::set<std::string> ids(in_order.begin(), in_order.end());
+  EXPECT_EQ(ids.size(), 5000u);
+  EXPECT_TRUE(std::is_sorted(in_order.begin(), in_order.end()));
+  for (auto& id : ids) {
+    EXPECT_TRUE(valid_timer_id(id));
+    EXPECT_EQ(id.size(), 15u);
+  }
 }
 
 // Timers due soon after their create are attempted from memory; far ones are read from storage.
