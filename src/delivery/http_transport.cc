@@ -4,6 +4,7 @@
 #include <chrono>
 #include <deque>
 #include <exception>
+#include <iterator>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -16,6 +17,7 @@
 
 #include "base/log.h"
 #include "base/version.h"
+#include "delivery/plain_http_client.h"
 
 namespace skyring {
 namespace {
@@ -70,6 +72,8 @@ struct HttpUri {
   std::string scheme;  // "http" or "https"
   std::string host;    // lower case, IPv6 literals keep their brackets
   uint16_t port = 0;   // default filled in
+  std::string target;  // encoded path (at least "/") and query
+  bool userinfo = false;
 };
 
 // Stricter than Boost.URL 1.81, which wraps out-of-range ports in port_number() and accepts
@@ -104,6 +108,12 @@ std::optional<HttpUri> parse_http_uri(std::string_view text) {
     if (n == 0 || n > 65535) return std::nullopt;
     out.port = static_cast<uint16_t>(n);
   }
+  out.target = path.empty() ? "/" : std::string(path);
+  if (u.has_query()) {
+    out.target += '?';
+    out.target += u.encoded_query();
+  }
+  out.userinfo = u.has_userinfo();
   return out;
 }
 
@@ -142,6 +152,69 @@ void call_done(DeliveryDone& done, DeliveryResult result) {
   } catch (...) {
     log::error("http transport: delivery callback threw");
   }
+}
+
+// The request PlainHttpClient sends: the same method, headers and body the curl path sends.
+std::string serialize_request(const DeliveryJob& job, const HttpUri& u) {
+  const bool head = job.method == "head";
+  const bool has_body = job.data_kind != DataKind::kNone && !head;
+  const bool empty_body =
+      !has_body && (job.method == "post" || job.method == "put" || job.method == "patch");
+  std::string w;
+  w.reserve(256 + job.data.size());
+  w += upper(job.method);
+  w += ' ';
+  w += u.target;
+  w += " HTTP/1.1\r\n";
+  std::string_view host_value;
+  for (const auto& [name, value] : job.headers) {
+    if (iequals(name, "host") && value.find_first_of("\r\n") == std::string::npos) host_value = value;
+  }
+  if (!host_value.empty()) {
+    fmt::format_to(std::back_inserter(w), "Host: {}\r\n", host_value);
+  } else if (u.port == 80) {
+    fmt::format_to(std::back_inserter(w), "Host: {}\r\n", u.host);
+  } else {
+    fmt::format_to(std::back_inserter(w), "Host: {}:{}\r\n", u.host, u.port);
+  }
+  fmt::format_to(std::back_inserter(w),
+                 "User-Agent: skyring/{}\r\nX-Skyring-Timer-Id: {}\r\nIdempotency-Key: {}\r\n"
+                 "X-Skyring-Attempt: {}\r\n",
+                 kVersion, job.timer_id, job.timer_id, job.attempt);
+  if (has_body && job.data_kind == DataKind::kString) {
+    w += "Content-Type: text/plain; charset=utf-8\r\n";
+  } else if (has_body && job.data_kind == DataKind::kJson) {
+    w += "Content-Type: application/json\r\n";
+  }
+  if (has_body || empty_body) {
+    fmt::format_to(std::back_inserter(w), "Content-Length: {}\r\n", has_body ? job.data.size() : 0);
+  }
+  for (const auto& [name, value] : job.headers) {
+    if (name.empty() || is_reserved_header(name) || iequals(name, "host")) continue;
+    if (name.find_first_of(":\r\n") != std::string::npos) continue;
+    if (value.find_first_of("\r\n") != std::string::npos) continue;
+    w += name;
+    w += ": ";
+    w += value;
+    w += "\r\n";
+  }
+  w += "\r\n";
+  if (has_body) w += job.data;
+  return w;
+}
+
+DeliveryResult result_for_reply(const PlainReply& r) {
+  switch (r.kind) {
+    case PlainReply::Kind::kStatus:
+      return result_for_status(r.status);
+    case PlainReply::Kind::kFailed:
+    case PlainReply::Kind::kRefused:
+      return failure(Outcome::kRetryable, r.error);
+    case PlainReply::Kind::kAborted:
+      return failure(Outcome::kAborted, "transport stopped");
+  }
+  SKYRING_ASSERT(false, "unknown PlainReply kind");
+  return {};
 }
 
 size_t discard_body(char*, size_t size, size_t nmemb, void*) {
@@ -452,7 +525,14 @@ void HttpTransport::Loop::abort_everything(std::deque<Queued> queued) {
 }
 
 HttpTransport::HttpTransport(HttpTransportOptions options)
-    : loop_(std::make_unique<Loop>(options)) {}
+    : loop_(std::make_unique<Loop>(options)) {
+  PlainHttpOptions plain;
+  plain.max_queue = options.max_queue;
+  plain.max_connections_per_host = options.max_connections_per_host;
+  plain.max_connections_total = options.max_connections_total;
+  plain.connect_timeout_ms = options.connect_timeout_ms;
+  plain_ = std::make_unique<PlainHttpClient>(plain);
+}
 
 HttpTransport::~HttpTransport() {
   stop();
@@ -478,10 +558,21 @@ std::string HttpTransport::destination(std::string_view uri) const {
 }
 
 void HttpTransport::deliver(DeliveryJob job, DeliveryDone done) {
-  loop_->deliver(std::move(job), std::move(done));
+  std::optional<HttpUri> u = parse_http_uri(job.uri);
+  if (!u || u->scheme != "http" || u->userinfo) return loop_->deliver(std::move(job), std::move(done));
+  PlainRequest req;
+  req.host = u->host;
+  req.port = u->port;
+  req.head = job.method == "head";
+  req.timeout_ms = job.timeout_ms > 0 ? job.timeout_ms : kDefaultTimeoutMs;
+  req.wire = serialize_request(job, *u);
+  plain_->send(std::move(req), [done = std::move(done)](PlainReply r) mutable {
+    call_done(done, result_for_reply(r));
+  });
 }
 
 void HttpTransport::stop() {
+  plain_->stop();
   loop_->stop();
 }
 

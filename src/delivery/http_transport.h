@@ -1,19 +1,23 @@
 // The built-in `http` transport (SPEC section 4): one HTTP(S) request per delivery attempt.
 //
 // Operation
-// * deliver() appends the job to a bounded queue and wakes the transport's own thread. That
-//   thread owns one libcurl multi handle: it turns queued jobs into transfers, drives every
-//   transfer at once (curl_multi_poll) and calls `done` when a transfer ends. A slow or dead
-//   destination only occupies its own transfers; the others keep moving.
-// * The multi handle's connection cache is shared by all transfers, so requests to the same
-//   destination reuse keep-alive connections (bounded per host and in total). Easy handles are
-//   recycled through a free list.
+// * Two clients behind one transport, each on its own thread with a bounded queue:
+//   - http:// URIs without user info go to PlainHttpClient (plain_http_client.h): the request
+//     is serialised here into one buffer and sent over a pooled keep-alive connection. This is
+//     the fast path; libcurl's per-transfer overhead was the delivery limit (docs/performance.md).
+//   - https:// URIs and URIs with user info go to libcurl: one multi handle that turns queued
+//     jobs into transfers, drives every transfer at once (curl_multi_poll) and calls `done` when
+//     a transfer ends. Its connection cache is shared by all transfers; easy handles are
+//     recycled through a free list.
+//   Either way a slow or dead destination only occupies its own connections; the others keep
+//   moving, and connections to one destination are reused (bounded per host and in total).
 // * Request: `job.method` upper-cased, body = `job.data` as-is when there is data (text/plain or
 //   application/json; never for HEAD, whose answer curl must not wait a body for), our headers
 //   (User-Agent, X-Skyring-Timer-Id, Idempotency-Key, X-Skyring-Attempt) followed by `job.headers`.
 //   A job header whose name is one we set, or one that frames the message (Content-Length,
 //   Transfer-Encoding, Expect), is ignored: receivers can trust our headers and a job cannot
-//   desynchronise a pooled connection. Redirects are not followed; the response body is discarded.
+//   desynchronise a pooled connection. A job's Host header replaces ours. Redirects are not
+//   followed; the response body is discarded.
 // * Outcome: 2xx success; 5xx, 408, 429 and every transport error (refused, DNS, timeout after
 //   `job.timeout_ms`) retryable; any other status permanent.
 //
@@ -26,8 +30,8 @@
 //   is joined. Called from inside a `done` it cannot join and only asks the thread to finish.
 //
 // Limitations
-// * `max_queue` bounds jobs accepted and not yet done (queued + in flight), not bytes. Per-
-//   destination fairness beyond curl's per-host connection limit is the engine's job.
+// * `max_queue` bounds jobs accepted and not yet done (queued + in flight) per client, not
+//   bytes. Per-destination fairness beyond the per-host connection limit is the engine's job.
 #pragma once
 
 #include <cstddef>
@@ -39,6 +43,8 @@
 #include "delivery/transport.h"
 
 namespace skyring {
+
+class PlainHttpClient;
 
 struct HttpTransportOptions {
   size_t max_queue = 100000;  // jobs accepted and not yet done; beyond it: "delivery queue full"
@@ -64,6 +70,7 @@ class HttpTransport final : public Transport {
  private:
   class Loop;  // the curl thread and everything it owns; keeps curl out of this header
   std::unique_ptr<Loop> loop_;
+  std::unique_ptr<PlainHttpClient> plain_;
 };
 
 }  // namespace skyring

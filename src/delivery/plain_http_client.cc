@@ -1,0 +1,405 @@
+#include "delivery/plain_http_client.h"
+
+#include <algorithm>
+#include <chrono>
+#include <deque>
+#include <limits>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include <boost/asio.hpp>
+#include <boost/asio/as_tuple.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+
+#include "base/clock.h"
+#include "base/log.h"
+#include "base/result.h"
+
+namespace skyring {
+namespace {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using tcp = asio::ip::tcp;
+constexpr auto kTuple = asio::as_tuple(asio::use_awaitable);
+
+constexpr size_t kMaxHeaderBytes = 16 * 1024;  // of one answer's head
+constexpr int kMaxInformational = 8;           // 1xx answers skipped before the real one
+
+// Reads an answer's body and keeps nothing of it.
+struct DiscardBody {
+  struct value_type {};
+  struct reader {
+    template <bool isRequest, class Fields>
+    reader(http::header<isRequest, Fields>&, value_type&) {}
+    void init(const boost::optional<std::uint64_t>&, beast::error_code& ec) { ec = {}; }
+    template <class ConstBufferSequence>
+    std::size_t put(const ConstBufferSequence& buffers, beast::error_code& ec) {
+      ec = {};
+      return asio::buffer_size(buffers);
+    }
+    void finish(beast::error_code& ec) { ec = {}; }
+  };
+};
+
+PlainReply failed(std::string error) {
+  return PlainReply{PlainReply::Kind::kFailed, 0, std::move(error)};
+}
+
+PlainReply aborted() {
+  return PlainReply{PlainReply::Kind::kAborted, 0, "transport stopped"};
+}
+
+// The texts curl gives for the same failures, so last_error reads the same for every URI.
+constexpr const char* kTimeout = "Timeout was reached";
+constexpr const char* kConnect = "Couldn't connect to server";
+constexpr const char* kResolve = "Couldn't resolve host name";
+constexpr const char* kSend = "Failure when sending data to the peer";
+constexpr const char* kNothing = "Server returned nothing (no headers, no data)";
+constexpr const char* kReceive = "Failure when receiving data from the peer";
+
+}  // namespace
+
+class PlainHttpClient::Impl {
+ public:
+  explicit Impl(PlainHttpOptions options)
+      : options_(options), work_(asio::make_work_guard(io_)), resolver_(io_) {
+    thread_ = std::thread([this] { io_.run(); });
+    thread_id_ = thread_.get_id();
+  }
+
+  ~Impl() {
+    SKYRING_ASSERT(std::this_thread::get_id() != thread_id_,
+                   "PlainHttpClient destroyed from its own callback");
+    stop();
+  }
+
+  void send(PlainRequest request, PlainDone done) {
+    SKYRING_ASSERT(static_cast<bool>(done), "send() needs a callback");
+    PlainReply rejected;
+    {
+      std::lock_guard lock(mu_);
+      if (stopping_) {
+        rejected = aborted();
+      } else if (outstanding_ >= options_.max_queue) {
+        rejected = PlainReply{PlainReply::Kind::kRefused, 0, "delivery queue full"};
+      } else {
+        ++outstanding_;
+        // Posted under the lock: stop() posts its abort after setting stopping_, so every job
+        // accepted here reaches the loop before the loop can finish.
+        asio::post(io_, [this, job = Job{std::move(request), std::move(done), 0}]() mutable {
+          dispatch(std::move(job));
+        });
+        return;
+      }
+    }
+    done(std::move(rejected));
+  }
+
+  void stop() {
+    {
+      std::lock_guard lock(mu_);
+      if (!stopping_) {
+        stopping_ = true;
+        asio::post(io_, [this] { abort_everything(); });
+      }
+    }
+    if (std::this_thread::get_id() == thread_id_) return;  // joined by a later stop()
+    std::lock_guard lock(join_mu_);
+    if (thread_.joinable()) thread_.join();
+  }
+
+ private:
+  struct Job {
+    PlainRequest req;
+    PlainDone done;
+    int64_t deadline_us;  // set when the exchange starts
+  };
+  struct Host;
+  struct Conn {
+    explicit Conn(asio::io_context& io, Host* h) : stream(io), idle_timer(io), host(h) {}
+    beast::tcp_stream stream;
+    beast::flat_buffer buffer;
+    asio::steady_timer idle_timer;
+    Host* host;
+    bool connected = false;
+    bool busy = false;
+  };
+  struct Host {
+    std::string name;  // without IPv6 brackets
+    uint16_t port = 0;
+    std::deque<Job> waiting;
+    std::vector<std::shared_ptr<Conn>> idle;
+    size_t conns = 0;
+  };
+
+  // Loop thread only, from here on.
+
+  void dispatch(Job job) {
+    if (stopped_) return complete(job, aborted());
+    Host& h = host_for(job.req.host, job.req.port);
+    if (!h.idle.empty()) {
+      std::shared_ptr<Conn> c = std::move(h.idle.back());
+      h.idle.pop_back();
+      c->idle_timer.cancel();
+      return run(std::move(c), std::move(job));
+    }
+    if (h.conns < options_.max_connections_per_host && make_room()) {
+      return run(open(h), std::move(job));
+    }
+    h.waiting.push_back(std::move(job));
+  }
+
+  Host& host_for(const std::string& host, uint16_t port) {
+    std::string key = host;
+    key += ':';
+    key += std::to_string(port);
+    auto it = hosts_.find(key);
+    if (it != hosts_.end()) return *it->second;
+    auto h = std::make_unique<Host>();
+    h->name = host.size() >= 2 && host.front() == '[' && host.back() == ']'
+                  ? host.substr(1, host.size() - 2)
+                  : host;
+    h->port = port;
+    return *hosts_.emplace(std::move(key), std::move(h)).first->second;
+  }
+
+  // Below the total limit, or an idle connection of some destination closed to get there.
+  bool make_room() {
+    if (total_ < options_.max_connections_total) return true;
+    for (auto& [key, h] : hosts_) {
+      if (h->idle.empty()) continue;
+      std::shared_ptr<Conn> c = std::move(h->idle.back());
+      h->idle.pop_back();
+      close(*c);
+      return true;
+    }
+    starved_ = true;
+    return false;
+  }
+
+  std::shared_ptr<Conn> open(Host& h) {
+    auto c = std::make_shared<Conn>(io_, &h);
+    ++h.conns;
+    ++total_;
+    all_.emplace(c.get(), c);
+    return c;
+  }
+
+  void close(Conn& c) {
+    beast::error_code ec;
+    c.stream.socket().close(ec);
+    c.idle_timer.cancel();
+    c.connected = false;
+    --c.host->conns;
+    --total_;
+    all_.erase(&c);  // may drop the last reference: `c` is not used after this
+  }
+
+  void run(std::shared_ptr<Conn> c, Job job) {
+    c->busy = true;
+    job.deadline_us = monotonic_us() + std::max<int64_t>(job.req.timeout_ms, 1) * 1000;
+    asio::co_spawn(io_, exchange(std::move(c), std::move(job)), asio::detached);
+  }
+
+  asio::awaitable<void> exchange(std::shared_ptr<Conn> c, Job job) {
+    bool keep = false;
+    PlainReply reply;
+    for (int attempt = 0;; ++attempt) {
+      const bool reused = c->connected;
+      bool got_bytes = false;
+      bool timed_out = false;
+      reply = co_await exchange_once(*c, job, keep, got_bytes, timed_out);
+      if (reply.kind == PlainReply::Kind::kFailed && reused && !got_bytes && !timed_out &&
+          attempt == 0 && !stopped_ && monotonic_us() < job.deadline_us) {
+        continue;  // the idle connection had died: once more on a fresh one
+      }
+      break;
+    }
+    if (stopped_) reply = aborted();
+    Host& h = *c->host;
+    c->busy = false;
+    complete(job, std::move(reply));
+    if (stopped_) co_return;  // abort_everything closes what is left
+    if (!keep) {
+      close(*c);
+      next_for(h);
+      if (starved_) wake_starved();
+      co_return;
+    }
+    if (!h.waiting.empty()) {
+      Job next = std::move(h.waiting.front());
+      h.waiting.pop_front();
+      run(std::move(c), std::move(next));
+      co_return;
+    }
+    park(std::move(c));
+  }
+
+  // One request and its answer on `c`, connecting first when needed. On failure `c` is left
+  // closed (not connected); `keep` says whether the answer allows another request on it.
+  asio::awaitable<PlainReply> exchange_once(Conn& c, Job& job, bool& keep, bool& got_bytes,
+                                            bool& timed_out) {
+    keep = false;
+    beast::tcp_stream& s = c.stream;
+    auto remaining = [&] {
+      return std::chrono::microseconds(std::max<int64_t>(job.deadline_us - monotonic_us(), 0));
+    };
+    if (!c.connected) {
+      beast::error_code ec;
+      c.buffer.clear();
+      s.socket().close(ec);
+      std::vector<tcp::endpoint> endpoints;
+      asio::ip::address addr = asio::ip::make_address(c.host->name, ec);
+      if (!ec) {
+        endpoints.emplace_back(addr, c.host->port);
+      } else {
+        auto [rec, results] = co_await resolver_.async_resolve(
+            c.host->name, std::to_string(c.host->port), kTuple);
+        if (rec) co_return failed(kResolve);
+        for (const auto& r : results) endpoints.push_back(r.endpoint());
+      }
+      s.expires_after(std::min<std::chrono::microseconds>(
+          remaining(), std::chrono::milliseconds(options_.connect_timeout_ms)));
+      auto [cec, ep] = co_await s.async_connect(endpoints, kTuple);
+      if (cec) {
+        s.socket().close(ec);
+        timed_out = cec == beast::error::timeout;
+        co_return failed(timed_out ? kTimeout : kConnect);
+      }
+      s.socket().set_option(tcp::no_delay(true), ec);
+      c.connected = true;
+    }
+    s.expires_after(remaining());
+    auto [wec, written] = co_await asio::async_write(s, asio::buffer(job.req.wire), kTuple);
+    if (wec) {
+      c.connected = false;
+      timed_out = wec == beast::error::timeout;
+      co_return failed(timed_out ? kTimeout : kSend);
+    }
+    for (int informational = 0;; ++informational) {
+      http::response_parser<DiscardBody> parser;
+      parser.header_limit(kMaxHeaderBytes);
+      parser.body_limit(std::numeric_limits<std::uint64_t>::max());  // discarded; the deadline bounds it
+      if (job.req.head) parser.skip(true);
+      auto [rec, read] = co_await http::async_read(s, c.buffer, parser, kTuple);
+      got_bytes = got_bytes || parser.got_some();
+      if (rec) {
+        c.connected = false;
+        timed_out = rec == beast::error::timeout;
+        if (timed_out) co_return failed(kTimeout);
+        co_return failed(got_bytes ? kReceive : kNothing);
+      }
+      const int status = static_cast<int>(parser.get().result_int());
+      if (status >= 100 && status < 200 && status != 101 && informational < kMaxInformational) {
+        continue;  // 100 Continue, 103 Early Hints: the real answer follows
+      }
+      keep = parser.keep_alive() && status != 101;
+      if (!keep) c.connected = false;
+      co_return PlainReply{PlainReply::Kind::kStatus, status, {}};
+    }
+  }
+
+  void park(std::shared_ptr<Conn> c) {
+    c->idle_timer.expires_after(std::chrono::milliseconds(options_.idle_timeout_ms));
+    c->idle_timer.async_wait([this, weak = std::weak_ptr<Conn>(c)](const beast::error_code& ec) {
+      if (ec) return;
+      std::shared_ptr<Conn> c = weak.lock();
+      if (!c || c->busy) return;
+      auto& idle = c->host->idle;
+      auto it = std::find(idle.begin(), idle.end(), c);
+      if (it == idle.end()) return;
+      idle.erase(it);
+      close(*c);
+    });
+    c->host->idle.push_back(std::move(c));
+  }
+
+  // A connection of `h` closed: its next waiting request may open a new one.
+  void next_for(Host& h) {
+    if (h.waiting.empty() || h.conns >= options_.max_connections_per_host || !make_room()) return;
+    Job next = std::move(h.waiting.front());
+    h.waiting.pop_front();
+    run(open(h), std::move(next));
+  }
+
+  void wake_starved() {
+    starved_ = false;
+    for (auto& [key, h] : hosts_) {
+      while (!h->waiting.empty() && total_ < options_.max_connections_total &&
+             h->conns < options_.max_connections_per_host) {
+        next_for(*h);
+      }
+    }
+  }
+
+  void abort_everything() {
+    stopped_ = true;
+    for (auto& [key, h] : hosts_) {
+      std::deque<Job> waiting = std::move(h->waiting);
+      h->waiting.clear();
+      for (Job& j : waiting) complete(j, aborted());
+      std::vector<std::shared_ptr<Conn>> idle = std::move(h->idle);
+      h->idle.clear();
+      for (auto& c : idle) close(*c);
+    }
+    // Busy connections: closing cancels their operations; each exchange then answers kAborted.
+    std::vector<std::shared_ptr<Conn>> busy;
+    for (auto& [ptr, c] : all_) busy.push_back(c);
+    for (auto& c : busy) {
+      beast::error_code ec;
+      c->stream.socket().close(ec);
+    }
+    resolver_.cancel();
+    work_.reset();  // io_.run() returns once the last exchange has answered
+  }
+
+  void complete(Job& job, PlainReply reply) {
+    {
+      std::lock_guard lock(mu_);
+      --outstanding_;
+    }
+    PlainDone done = std::move(job.done);
+    done(std::move(reply));
+  }
+
+  const PlainHttpOptions options_;
+  asio::io_context io_{1};
+  asio::executor_work_guard<asio::io_context::executor_type> work_;
+  tcp::resolver resolver_;
+
+  std::mutex mu_;
+  size_t outstanding_ = 0;  // guarded by mu_
+  bool stopping_ = false;   // guarded by mu_
+
+  std::mutex join_mu_;
+  std::thread thread_;
+  std::thread::id thread_id_;
+
+  // Loop thread only.
+  std::unordered_map<std::string, std::unique_ptr<Host>> hosts_;
+  std::unordered_map<Conn*, std::shared_ptr<Conn>> all_;  // every open connection
+  size_t total_ = 0;
+  bool stopped_ = false;
+  bool starved_ = false;  // a request waits for room under max_connections_total
+};
+
+PlainHttpClient::PlainHttpClient(PlainHttpOptions options)
+    : impl_(std::make_unique<Impl>(options)) {}
+
+PlainHttpClient::~PlainHttpClient() = default;
+
+void PlainHttpClient::send(PlainRequest request, PlainDone done) {
+  impl_->send(std::move(request), std::move(done));
+}
+
+void PlainHttpClient::stop() {
+  impl_->stop();
+}
+
+}  // namespace skyring
