@@ -74,6 +74,7 @@ struct HttpUri {
   uint16_t port = 0;   // default filled in
   std::string target;  // encoded path (at least "/") and query
   bool userinfo = false;
+  bool ip_literal = false;  // the host is an IPv4 or IPv6 address, not a name
 };
 
 // Stricter than Boost.URL 1.81, which wraps out-of-range ports in port_number() and accepts
@@ -114,6 +115,8 @@ std::optional<HttpUri> parse_http_uri(std::string_view text) {
     out.target += u.encoded_query();
   }
   out.userinfo = u.has_userinfo();
+  out.ip_literal = u.host_type() == boost::urls::host_type::ipv4 ||
+                   u.host_type() == boost::urls::host_type::ipv6;
   return out;
 }
 
@@ -168,7 +171,8 @@ std::string serialize_request(const DeliveryJob& job, const HttpUri& u) {
   w += " HTTP/1.1\r\n";
   std::string_view host_value;
   for (const auto& [name, value] : job.headers) {
-    if (iequals(name, "host") && value.find_first_of("\r\n") == std::string::npos) host_value = value;
+    if (iequals(name, "host") && value.find_first_of("\r\n") == std::string::npos)
+      host_value = value;
   }
   if (!host_value.empty()) {
     fmt::format_to(std::back_inserter(w), "Host: {}\r\n", host_value);
@@ -559,7 +563,9 @@ std::string HttpTransport::destination(std::string_view uri) const {
 
 void HttpTransport::deliver(DeliveryJob job, DeliveryDone done) {
   std::optional<HttpUri> u = parse_http_uri(job.uri);
-  if (!u || u->scheme != "http" || u->userinfo) return loop_->deliver(std::move(job), std::move(done));
+  if (!u || u->scheme != "http" || u->userinfo || !u->ip_literal) {
+    return loop_->deliver(std::move(job), std::move(done));
+  }
   PlainRequest req;
   req.host = u->host;
   req.port = u->port;

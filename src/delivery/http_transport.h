@@ -2,10 +2,12 @@
 //
 // Operation
 // * Two clients behind one transport, each on its own thread with a bounded queue:
-//   - http:// URIs without user info go to PlainHttpClient (plain_http_client.h): the request
+//   - http:// URIs to an IP address, without user info, go to PlainHttpClient
+//     (plain_http_client.h): the request
 //     is serialised here into one buffer and sent over a pooled keep-alive connection. This is
 //     the fast path; libcurl's per-transfer overhead was the delivery limit (docs/performance.md).
-//   - https:// URIs and URIs with user info go to libcurl: one multi handle that turns queued
+//   - Everything else (https://, host names, user info) goes to libcurl: one multi handle that
+//   turns queued
 //     jobs into transfers, drives every transfer at once (curl_multi_poll) and calls `done` when
 //     a transfer ends. Its connection cache is shared by all transfers; easy handles are
 //     recycled through a free list.

@@ -110,6 +110,13 @@ class TestServer {
     return "http://127.0.0.1:" + std::to_string(port_) + path;
   }
   void set_status(int status) { status_.store(status); }
+  // Every answer from now on is `raw` (bytes as given); with close_after the server closes the
+  // connection right after it, without saying so in the answer.
+  void set_raw_answer(std::string raw, bool close_after = false) {
+    std::lock_guard lock(mu_);
+    raw_ = std::move(raw);
+    close_after_ = close_after;
+  }
   int connections() const { return accepted_.load(); }
   size_t request_count() {
     std::lock_guard lock(mu_);
@@ -156,14 +163,19 @@ class TestServer {
         }
         std::string& buf = clients_[fd];
         buf.append(chunk, static_cast<size_t>(n));
-        while (handle_one(fd, buf)) {
+        bool close_now = false;
+        while (!close_now && handle_one(fd, buf, close_now)) {
+        }
+        if (close_now) {
+          ::close(fd);
+          clients_.erase(fd);
         }
       }
     }
   }
 
   // Parses one complete request off the front of buf and answers it; false if incomplete.
-  bool handle_one(int fd, std::string& buf) {
+  bool handle_one(int fd, std::string& buf, bool& close_now) {
     size_t end = buf.find("\r\n\r\n");
     if (end == std::string::npos) return false;
     Request req;
@@ -196,6 +208,14 @@ class TestServer {
       requests_.push_back(std::move(req));
     }
     if (mode_ == Mode::kSilent) return true;
+    {
+      std::lock_guard lock(mu_);
+      if (!raw_.empty()) {
+        ::send(fd, raw_.data(), raw_.size(), MSG_NOSIGNAL);
+        close_now = close_after_;
+        return true;
+      }
+    }
     const int status = status_.load();
     const bool body = !head && status != 204 && status != 304;
     std::string response = "HTTP/1.1 " + std::to_string(status) + " Test\r\n";
@@ -215,6 +235,8 @@ class TestServer {
   std::map<int, std::string> clients_;  // server thread only
   std::mutex mu_;
   std::vector<Request> requests_;
+  std::string raw_;           // guarded by mu_
+  bool close_after_ = false;  // guarded by mu_
   std::thread thread_;
 };
 
@@ -729,4 +751,111 @@ TEST(HttpTransportTest, CallbackMayDeliverAgain) {
 }
 
 }  // namespace
+
+// The plain-http client (http:// destinations) below: the answers a real server may give.
+
+TEST(HttpTransportTest, HostHeaderNamesTheDestinationUnlessTheJobSetsOne) {
+  TestServer server;
+  HttpTransport t;
+  EXPECT_EQ(deliver_one(t, make_job(server.url())).outcome, Outcome::kSuccess);
+  DeliveryJob job = make_job(server.url());
+  job.headers = {{"host", "hooks.example.test"}};
+  EXPECT_EQ(deliver_one(t, job).outcome, Outcome::kSuccess);
+  auto reqs = server.requests();
+  ASSERT_EQ(reqs.size(), 2u);
+  EXPECT_EQ(reqs[0].all("Host"),
+            std::vector<std::string>{"127.0.0.1:" + std::to_string(server.port())});
+  EXPECT_EQ(reqs[1].all("Host"), std::vector<std::string>{"hooks.example.test"});
+}
+
+TEST(HttpTransportTest, QueryIsPartOfTheTarget) {
+  TestServer server;
+  HttpTransport t;
+  EXPECT_EQ(deliver_one(t, make_job(server.url("/a/b?x=1&y=%20"))).outcome, Outcome::kSuccess);
+  EXPECT_EQ(server.only_request().target, "/a/b?x=1&y=%20");
+  EXPECT_EQ(deliver_one(t, make_job("http://127.0.0.1:" + std::to_string(server.port()))).outcome,
+            Outcome::kSuccess);
+  EXPECT_EQ(server.requests().back().target, "/");
+}
+
+TEST(HttpTransportTest, IdleConnectionClosedByTheServerIsReplacedWithoutARepeat) {
+  TestServer server;
+  // A keep-alive answer, then the server drops the connection (as an idle timeout would).
+  server.set_raw_answer("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", true);
+  HttpTransport t;
+  for (int i = 0; i < 5; ++i) {
+    ASSERT_TRUE(wait_until([&] { return server.connections() == i; }));
+    DeliveryResult r = deliver_one(t, make_job(server.url()));
+    EXPECT_EQ(r.outcome, Outcome::kSuccess) << i << ": " << r.detail;
+  }
+  EXPECT_EQ(server.request_count(), 5u);  // each job reached the server exactly once
+  EXPECT_EQ(server.connections(), 5);
+}
+
+TEST(HttpTransportTest, ConnectionCloseAndHttp10AnswersAreNotReused) {
+  TestServer server;
+  HttpTransport t;
+  server.set_raw_answer("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
+  EXPECT_EQ(deliver_one(t, make_job(server.url())).outcome, Outcome::kSuccess);
+  EXPECT_EQ(deliver_one(t, make_job(server.url())).outcome, Outcome::kSuccess);
+  server.set_raw_answer("HTTP/1.0 204 No Content\r\n\r\n");
+  EXPECT_EQ(deliver_one(t, make_job(server.url())).outcome, Outcome::kSuccess);
+  EXPECT_EQ(deliver_one(t, make_job(server.url())).outcome, Outcome::kSuccess);
+  EXPECT_EQ(server.request_count(), 4u);
+  EXPECT_EQ(server.connections(), 4);
+}
+
+TEST(HttpTransportTest, ChunkedAndInformationalAnswersKeepTheConnection) {
+  TestServer server;
+  HttpTransport t;
+  server.set_raw_answer(
+      "HTTP/1.1 100 Continue\r\n\r\n"
+      "HTTP/1.1 202 Accepted\r\nTransfer-Encoding: chunked\r\n\r\n"
+      "5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n");
+  for (int i = 0; i < 3; ++i) {
+    DeliveryResult r = deliver_one(t, make_job(server.url()));
+    EXPECT_EQ(r.outcome, Outcome::kSuccess) << r.detail;
+    EXPECT_EQ(r.status, 202);
+  }
+  EXPECT_EQ(server.connections(), 1);
+}
+
+TEST(HttpTransportTest, GarbageOrTruncatedAnswersAreRetryable) {
+  TestServer server;
+  HttpTransport t;
+  server.set_raw_answer("SMTP ready\r\n\r\n");
+  DeliveryResult r = deliver_one(t, make_job(server.url()));
+  EXPECT_EQ(r.outcome, Outcome::kRetryable);
+  EXPECT_EQ(r.status, 0);
+  server.set_raw_answer("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nok", true);
+  r = deliver_one(t, make_job(server.url()));
+  EXPECT_EQ(r.outcome, Outcome::kRetryable);
+  EXPECT_EQ(r.detail, "Failure when receiving data from the peer");
+  server.set_raw_answer("", false);
+  EXPECT_EQ(deliver_one(t, make_job(server.url())).outcome, Outcome::kSuccess);  // recovered
+}
+
+// IP-literal http:// destinations take the plain client; the rest take libcurl, which adds
+// "Accept: */*" (and Basic authentication for user info) and speaks TLS for https.
+TEST(HttpTransportTest, NamesUserInfoAndHttpsGoThroughCurl) {
+  TestServer server;
+  HttpTransport t;
+  const std::string port = std::to_string(server.port());
+  EXPECT_EQ(deliver_one(t, make_job(server.url())).outcome, Outcome::kSuccess);
+  EXPECT_EQ(deliver_one(t, make_job("http://localhost:" + port + "/hook")).outcome,
+            Outcome::kSuccess);
+  EXPECT_EQ(deliver_one(t, make_job("http://user:pw@127.0.0.1:" + port + "/hook")).outcome,
+            Outcome::kSuccess);
+  auto reqs = server.requests();
+  ASSERT_EQ(reqs.size(), 3u);
+  EXPECT_FALSE(reqs[0].header("Accept").has_value());
+  EXPECT_EQ(reqs[1].header("Accept"), "*/*");
+  EXPECT_EQ(reqs[2].header("Authorization"), "Basic dXNlcjpwdw==");
+  DeliveryJob tls = make_job("https://127.0.0.1:" + port + "/hook");
+  tls.timeout_ms = 300;  // a TLS hello is no HTTP request: the server never answers it
+  DeliveryResult r = deliver_one(t, tls);
+  EXPECT_EQ(r.outcome, Outcome::kRetryable);
+  EXPECT_EQ(server.request_count(), 3u);
+}
+
 }  // namespace skyring

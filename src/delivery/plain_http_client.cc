@@ -58,7 +58,7 @@ PlainReply aborted() {
 // The texts curl gives for the same failures, so last_error reads the same for every URI.
 constexpr const char* kTimeout = "Timeout was reached";
 constexpr const char* kConnect = "Couldn't connect to server";
-constexpr const char* kResolve = "Couldn't resolve host name";
+constexpr const char* kNotLiteral = "host is not an IP address";
 constexpr const char* kSend = "Failure when sending data to the peer";
 constexpr const char* kNothing = "Server returned nothing (no headers, no data)";
 constexpr const char* kReceive = "Failure when receiving data from the peer";
@@ -67,8 +67,7 @@ constexpr const char* kReceive = "Failure when receiving data from the peer";
 
 class PlainHttpClient::Impl {
  public:
-  explicit Impl(PlainHttpOptions options)
-      : options_(options), work_(asio::make_work_guard(io_)), resolver_(io_) {
+  explicit Impl(PlainHttpOptions options) : options_(options), work_(asio::make_work_guard(io_)) {
     thread_ = std::thread([this] { io_.run(); });
     thread_id_ = thread_.get_id();
   }
@@ -254,19 +253,11 @@ class PlainHttpClient::Impl {
       beast::error_code ec;
       c.buffer.clear();
       s.socket().close(ec);
-      std::vector<tcp::endpoint> endpoints;
       asio::ip::address addr = asio::ip::make_address(c.host->name, ec);
-      if (!ec) {
-        endpoints.emplace_back(addr, c.host->port);
-      } else {
-        auto [rec, results] = co_await resolver_.async_resolve(
-            c.host->name, std::to_string(c.host->port), kTuple);
-        if (rec) co_return failed(kResolve);
-        for (const auto& r : results) endpoints.push_back(r.endpoint());
-      }
+      if (ec) co_return failed(kNotLiteral);
       s.expires_after(std::min<std::chrono::microseconds>(
           remaining(), std::chrono::milliseconds(options_.connect_timeout_ms)));
-      auto [cec, ep] = co_await s.async_connect(endpoints, kTuple);
+      auto [cec] = co_await s.async_connect(tcp::endpoint(addr, c.host->port), kTuple);
       if (cec) {
         s.socket().close(ec);
         timed_out = cec == beast::error::timeout;
@@ -285,7 +276,8 @@ class PlainHttpClient::Impl {
     for (int informational = 0;; ++informational) {
       http::response_parser<DiscardBody> parser;
       parser.header_limit(kMaxHeaderBytes);
-      parser.body_limit(std::numeric_limits<std::uint64_t>::max());  // discarded; the deadline bounds it
+      parser.body_limit(
+          std::numeric_limits<std::uint64_t>::max());  // discarded; the deadline bounds it
       if (job.req.head) parser.skip(true);
       auto [rec, read] = co_await http::async_read(s, c.buffer, parser, kTuple);
       got_bytes = got_bytes || parser.got_some();
@@ -355,7 +347,6 @@ class PlainHttpClient::Impl {
       beast::error_code ec;
       c->stream.socket().close(ec);
     }
-    resolver_.cancel();
     work_.reset();  // io_.run() returns once the last exchange has answered
   }
 
@@ -371,7 +362,6 @@ class PlainHttpClient::Impl {
   const PlainHttpOptions options_;
   asio::io_context io_{1};
   asio::executor_work_guard<asio::io_context::executor_type> work_;
-  tcp::resolver resolver_;
 
   std::mutex mu_;
   size_t outstanding_ = 0;  // guarded by mu_

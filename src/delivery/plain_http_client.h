@@ -3,8 +3,11 @@
 // Why not libcurl for these: at 13,000-15,000 deliveries/s the curl thread was the limit, with
 // about 70% of it in libcurl itself (easy-handle reset and set-up, header lists, its own
 // polling, status-line parsing) rather than in the kernel's socket work. A request here is one
-// buffer the caller serialised, one write and one parse of the answer. https:// (and URIs with
-// user info) stay with libcurl, which brings TLS and authentication.
+// buffer the caller serialised, one write and one parse of the answer.
+//
+// Scope: hosts given as IP addresses only. Names stay with libcurl, whose threaded resolver
+// ends a hanging DNS lookup at the job's deadline (Asio's resolver cannot be cut short), and so
+// do https:// and URIs with user info (TLS, authentication).
 //
 // Operation: send() takes the whole request (request line, headers, body) and where to send it.
 // Per destination (host, port) at most max_connections_per_host connections are open; a request
@@ -32,7 +35,7 @@
 namespace skyring {
 
 struct PlainRequest {
-  std::string host;  // as in the URI: lower case, an IPv6 literal in brackets
+  std::string host;  // an IP address as in the URI: an IPv6 literal in brackets
   uint16_t port = 80;
   std::string wire;   // the complete request
   bool head = false;  // the answer carries no body, whatever its headers announce
