@@ -245,6 +245,9 @@ class PlainHttpClient::Impl {
   asio::awaitable<PlainReply> exchange_once(Conn& c, Job& job, bool& keep, bool& got_bytes,
                                             bool& timed_out) {
     keep = false;
+    // An exchange spawned just before stop() may start after abort_everything() closed the
+    // sockets: it must not open a new one (stop() would wait for its whole timeout).
+    if (stopped_) co_return aborted();
     beast::tcp_stream& s = c.stream;
     auto remaining = [&] {
       return std::chrono::microseconds(std::max<int64_t>(job.deadline_us - monotonic_us(), 0));
@@ -265,6 +268,7 @@ class PlainHttpClient::Impl {
       }
       s.socket().set_option(tcp::no_delay(true), ec);
       c.connected = true;
+      if (stopped_) co_return aborted();  // connected while stop() closed the others
     }
     s.expires_after(remaining());
     auto [wec, written] = co_await asio::async_write(s, asio::buffer(job.req.wire), kTuple);
