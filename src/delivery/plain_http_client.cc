@@ -292,8 +292,11 @@ class PlainHttpClient::Impl {
         co_return failed(got_bytes ? kReceive : kNothing);
       }
       const int status = static_cast<int>(parser.get().result_int());
-      if (status >= 100 && status < 200 && status != 101 && informational < kMaxInformational) {
-        continue;  // 100 Continue, 103 Early Hints: the real answer follows
+      if (status >= 100 && status < 200 && status != 101) {
+        // 100 Continue, 103 Early Hints: the real answer follows.
+        if (informational < kMaxInformational) continue;
+        c.connected = false;
+        co_return failed(kReceive);
       }
       keep = parser.keep_alive() && status != 101;
       if (!keep) c.connected = false;
