@@ -90,6 +90,27 @@ class DeliveryTest(SharedNodeTestCase):
         self.assertEqual(r.header("x-custom"), "v1")
         self.assertEqual(r.header("authorization"), "Bearer t")
 
+    def test_ip_and_host_name_destinations_send_the_same_request(self):
+        # 127.0.0.1 goes through Skyring's own HTTP client, "localhost" through libcurl: a
+        # receiver sees the same method, body and Skyring headers from both.
+        by_ip = self.hook("via-ip")
+        by_name = by_ip.replace("127.0.0.1", "localhost", 1)
+        self.assertNotEqual(by_ip, by_name)
+        got = {}
+        for label, uri in (("ip", by_ip), ("name", by_name)):
+            tid = self.create(uri=uri, timeout=10, data={"k": label}, headers={"X-Custom": label})
+            got[label] = self.receiver.wait_timer(tid)[0]
+            self.wait_state(tid, "succeeded")
+        for label, r in got.items():
+            self.assertEqual(r.method, "POST", label)
+            self.assertEqual(json.loads(r.body), {"k": label})
+            self.assertEqual(r.header("content-type"), "application/json", label)
+            self.assertEqual(r.header("x-custom"), label)
+            self.assertEqual(r.header("x-skyring-attempt"), "1", label)
+            self.assertRegex(r.header("user-agent"), r"^skyring/\d+\.\d+", label)
+        self.assertIsNone(got["ip"].header("accept"))      # the plain client sends no Accept
+        self.assertEqual(got["name"].header("accept"), "*/*")  # libcurl's default
+
     def test_callback_headers_cannot_break_framing_or_spoof_identity(self):
         # Framing and identity headers are the node's: a callback header may not change how
         # the body is framed (request smuggling) or what the receiver dedups on.
