@@ -31,9 +31,12 @@ constexpr int64_t kDefaultTimeoutMs = 10'000;  // a job without a timeout must s
 
 // Job headers we never pass on: ours (receivers must be able to trust them) and the ones that
 // frame the message (a wrong Content-Length would desynchronise a pooled connection).
-constexpr std::array<std::string_view, 8> kReservedHeaders = {
-    "user-agent",   "x-skyring-timer-id", "idempotency-key",   "x-skyring-attempt",
-    "content-type", "content-length",     "transfer-encoding", "expect"};
+// Hop-by-hop headers belong to the connection, which the pool shares between timers.
+constexpr std::array<std::string_view, 13> kReservedHeaders = {
+    "user-agent",      "x-skyring-timer-id", "idempotency-key",   "x-skyring-attempt",
+    "content-type",    "content-length",     "transfer-encoding", "expect",
+    "connection",      "keep-alive",         "upgrade",           "te",
+    "proxy-connection"};
 
 char lower_char(char c) {
   return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c;

@@ -835,6 +835,115 @@ TEST(HttpTransportTest, GarbageOrTruncatedAnswersAreRetryable) {
   EXPECT_EQ(deliver_one(t, make_job(server.url())).outcome, Outcome::kSuccess);  // recovered
 }
 
+// More destinations than the total connection cap: idle connections of one destination are
+// closed to make room for another, and requests waiting for room are sent once some frees up.
+TEST(HttpTransportTest, TotalConnectionCapIsSharedAcrossDestinations) {
+  constexpr size_t kServers = 4;
+  constexpr size_t kPerServer = 15;
+  std::vector<std::unique_ptr<TestServer>> servers;
+  for (size_t i = 0; i < kServers; ++i) servers.push_back(std::make_unique<TestServer>());
+  HttpTransportOptions options;
+  options.max_connections_total = 2;
+  options.max_connections_per_host = 2;
+  Results results;
+  HttpTransport t(options);
+  for (size_t j = 0; j < kPerServer; ++j) {
+    for (size_t i = 0; i < kServers; ++i) {
+      t.deliver(make_job(servers[i]->url()), results.done(j * kServers + i));
+    }
+  }
+  ASSERT_TRUE(results.wait_for(kServers * kPerServer));
+  for (size_t k = 0; k < kServers * kPerServer; ++k) {
+    EXPECT_EQ(results.calls(k), 1) << k;
+    EXPECT_EQ(results.result(k).outcome, Outcome::kSuccess)
+        << k << ": " << results.result(k).detail;
+  }
+  for (auto& s : servers) EXPECT_EQ(s->request_count(), kPerServer);
+  // Sequential jobs to alternating destinations reuse or evict, never pile up connections.
+  for (int round = 0; round < 3; ++round) {
+    for (auto& s : servers)
+      EXPECT_EQ(deliver_one(t, make_job(s->url())).outcome, Outcome::kSuccess);
+  }
+}
+
+// Requests waiting for a pooled connection count that wait against their timeout.
+TEST(HttpTransportTest, TimeWaitingForAConnectionCountsAgainstTheTimeout) {
+  TestServer server(200, TestServer::Mode::kSilent);
+  HttpTransportOptions options;
+  options.max_connections_per_host = 1;
+  Results results;
+  HttpTransport t(options);
+  constexpr size_t kJobs = 5;
+  const auto start = Clock::now();
+  for (size_t i = 0; i < kJobs; ++i) {
+    DeliveryJob job = make_job(server.url());
+    job.timeout_ms = 1000;
+    t.deliver(std::move(job), results.done(i));
+  }
+  ASSERT_TRUE(results.wait_for(kJobs));
+  // One timeout for all of them, not one after another (which would take 5 s).
+  EXPECT_LT(Clock::now() - start, milliseconds(3500));
+  for (size_t i = 0; i < kJobs; ++i) {
+    EXPECT_EQ(results.result(i).outcome, Outcome::kRetryable) << i;
+    EXPECT_EQ(results.result(i).detail, "Timeout was reached") << i;
+  }
+  // At most the one that held the connection and the one just behind it (whose deadline,
+  // microseconds later, had not quite passed when the connection freed) were sent.
+  EXPECT_LE(server.request_count(), 2u);
+}
+
+// Bytes nobody asked for on an idle connection (here a second answer after the first) are
+// never taken for the next request's answer: that connection is not reused.
+TEST(HttpTransportTest, IdleConnectionWithUnaskedBytesIsNotReused) {
+  TestServer server;
+  server.set_raw_answer(
+      "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+      "HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n\r\n");
+  HttpTransport t;
+  for (int i = 0; i < 3; ++i) {
+    DeliveryResult r = deliver_one(t, make_job(server.url()));
+    EXPECT_EQ(r.outcome, Outcome::kSuccess) << i << ": " << r.detail;
+    EXPECT_EQ(r.status, 200) << i;
+  }
+  EXPECT_EQ(server.request_count(), 3u);
+  EXPECT_EQ(server.connections(), 3);
+}
+
+TEST(HttpTransportTest, HopByHopJobHeadersAreNotSent) {
+  TestServer server;
+  HttpTransport t;
+  DeliveryJob job = make_job(server.url());
+  job.headers = {{"Connection", "close"},
+                 {"Upgrade", "h2c"},
+                 {"TE", "trailers"},
+                 {"Keep-Alive", "timeout=1"},
+                 {"X-Kept", "yes"}};
+  EXPECT_EQ(deliver_one(t, job).outcome, Outcome::kSuccess);
+  Request req = server.only_request();
+  for (const char* name : {"Connection", "Upgrade", "TE", "Keep-Alive"}) {
+    EXPECT_FALSE(req.header(name).has_value()) << name;
+  }
+  EXPECT_EQ(req.header("X-Kept"), "yes");
+}
+
+// A destination cannot make the node buffer without bound: an endless head or chunk line is
+// a retryable failure once it outgrows the connection's buffer.
+TEST(HttpTransportTest, EndlessAnswerHeadOrChunkLineIsRetryable) {
+  TestServer server;
+  HttpTransport t;
+  const std::string endless(300 * 1024, 'a');
+  for (const std::string& raw :
+       {"HTTP/1.1 200 OK\r\nX-Big: " + endless,
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1;" + endless}) {
+    server.set_raw_answer(raw);
+    DeliveryJob job = make_job(server.url());
+    job.timeout_ms = 5000;
+    DeliveryResult r = deliver_one(t, job);
+    EXPECT_EQ(r.outcome, Outcome::kRetryable);
+    EXPECT_EQ(r.detail, "Failure when receiving data from the peer");
+  }
+}
+
 // IP-literal http:// destinations take the plain client; the rest take libcurl, which adds
 // "Accept: */*" (and Basic authentication for user info) and speaks TLS for https.
 TEST(HttpTransportTest, NamesUserInfoAndHttpsGoThroughCurl) {

@@ -10,6 +10,11 @@
 #include <utility>
 #include <vector>
 
+#include <sys/socket.h>
+
+#include <cerrno>
+#include <exception>
+
 #include <boost/asio.hpp>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/beast/core.hpp>
@@ -28,8 +33,12 @@ namespace http = beast::http;
 using tcp = asio::ip::tcp;
 constexpr auto kTuple = asio::as_tuple(asio::use_awaitable);
 
-constexpr size_t kMaxHeaderBytes = 16 * 1024;  // of one answer's head
-constexpr int kMaxInformational = 8;           // 1xx answers skipped before the real one
+constexpr size_t kMaxHeaderBytes = 64 * 1024;  // of one answer's head
+// Read buffer of a connection: the head, one chunk-size line or trailer, and a read's worth of
+// body. Beast needs these whole in the buffer; a server that never ends one gets kReceive
+// instead of growing it.
+constexpr size_t kMaxBufferBytes = kMaxHeaderBytes + 64 * 1024;
+constexpr int kMaxInformational = 8;  // 1xx answers skipped before the real one
 
 // Reads an answer's body and keeps nothing of it.
 struct DiscardBody {
@@ -117,11 +126,12 @@ class PlainHttpClient::Impl {
   struct Job {
     PlainRequest req;
     PlainDone done;
-    int64_t deadline_us;  // set when the exchange starts
+    int64_t deadline_us = 0;  // set on arrival: waiting for a connection counts
   };
   struct Host;
   struct Conn {
-    explicit Conn(asio::io_context& io, Host* h) : stream(io), idle_timer(io), host(h) {}
+    explicit Conn(asio::io_context& io, Host* h)
+        : stream(io), buffer(kMaxBufferBytes), idle_timer(io), host(h) {}
     beast::tcp_stream stream;
     beast::flat_buffer buffer;
     asio::steady_timer idle_timer;
@@ -130,8 +140,11 @@ class PlainHttpClient::Impl {
     bool busy = false;
   };
   struct Host {
+    std::string key;   // "host:port", its key in hosts_
     std::string name;  // without IPv6 brackets
     uint16_t port = 0;
+    asio::ip::address address;
+    bool valid = false;  // `name` is an IP address
     std::deque<Job> waiting;
     std::vector<std::shared_ptr<Conn>> idle;
     size_t conns = 0;
@@ -141,15 +154,23 @@ class PlainHttpClient::Impl {
 
   void dispatch(Job job) {
     if (stopped_) return complete(job, aborted());
+    // The timeout counts from here: time spent waiting for a connection is part of it.
+    job.deadline_us = monotonic_us() + std::max<int64_t>(job.req.timeout_ms, 1) * 1000;
     Host& h = host_for(job.req.host, job.req.port);
-    if (!h.idle.empty()) {
+    if (!h.valid) {
+      complete(job, failed(kNotLiteral));
+      return forget_if_unused(h);
+    }
+    while (!h.idle.empty()) {
       std::shared_ptr<Conn> c = std::move(h.idle.back());
       h.idle.pop_back();
       c->idle_timer.cancel();
-      return run(std::move(c), std::move(job));
+      if (reusable(*c)) return run(std::move(c), std::move(job));
+      close(*c);  // the server closed it, or sent something unasked for
     }
-    if (h.conns < options_.max_connections_per_host && make_room()) {
-      return run(open(h), std::move(job));
+    if (h.conns < options_.max_connections_per_host) {
+      if (make_room()) return run(open(h), std::move(job));
+      starved_ = true;  // waits for room under max_connections_total
     }
     h.waiting.push_back(std::move(job));
   }
@@ -161,10 +182,14 @@ class PlainHttpClient::Impl {
     auto it = hosts_.find(key);
     if (it != hosts_.end()) return *it->second;
     auto h = std::make_unique<Host>();
+    h->key = key;
     h->name = host.size() >= 2 && host.front() == '[' && host.back() == ']'
                   ? host.substr(1, host.size() - 2)
                   : host;
     h->port = port;
+    beast::error_code ec;
+    h->address = asio::ip::make_address(h->name, ec);
+    h->valid = !ec;
     return *hosts_.emplace(std::move(key), std::move(h)).first->second;
   }
 
@@ -176,9 +201,11 @@ class PlainHttpClient::Impl {
       std::shared_ptr<Conn> c = std::move(h->idle.back());
       h->idle.pop_back();
       close(*c);
+      // Erasing ends this loop; a caller iterating hosts_ itself is at a host with waiting
+      // requests, which has no idle connection and so is never the one erased here.
+      forget_if_unused(*h);
       return true;
     }
-    starved_ = true;
     return false;
   }
 
@@ -200,10 +227,48 @@ class PlainHttpClient::Impl {
     all_.erase(&c);  // may drop the last reference: `c` is not used after this
   }
 
+  // A Host is kept while it has connections or waiting requests, so hosts_ does not grow
+  // with every destination ever seen. Call only where no reference to `h` is used afterwards.
+  void forget_if_unused(Host& h) {
+    if (h.conns == 0 && h.waiting.empty() && h.idle.empty()) hosts_.erase(h.key);
+  }
+
+  // An idle connection may have died, or received bytes nobody asked for (an answer after
+  // the one we read, a "408" before the server closed it): check before sending on it.
+  static bool reusable(Conn& c) {
+    if (c.buffer.size() != 0 || !c.stream.socket().is_open()) return false;
+    char byte = 0;
+    ssize_t n = ::recv(c.stream.socket().native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+  }
+
+  // The next waiting request of `h` whose deadline has not passed; expired ones are answered
+  // with a timeout on the way.
+  bool pop_waiting(Host& h, Job& out) {
+    while (!h.waiting.empty()) {
+      Job j = std::move(h.waiting.front());
+      h.waiting.pop_front();
+      if (monotonic_us() < j.deadline_us) {
+        out = std::move(j);
+        return true;
+      }
+      complete(j, failed(kTimeout));
+    }
+    return false;
+  }
+
   void run(std::shared_ptr<Conn> c, Job job) {
     c->busy = true;
-    job.deadline_us = monotonic_us() + std::max<int64_t>(job.req.timeout_ms, 1) * 1000;
-    asio::co_spawn(io_, exchange(std::move(c), std::move(job)), asio::detached);
+    asio::co_spawn(io_, exchange(std::move(c), std::move(job)), [](std::exception_ptr e) {
+      if (!e) return;
+      try {
+        std::rethrow_exception(e);
+      } catch (const std::exception& ex) {
+        log::error("http client: exchange threw: {}", ex.what());
+      } catch (...) {
+      }
+      SKYRING_ASSERT(false, "an HTTP exchange threw (its request would never be answered)");
+    });
   }
 
   asio::awaitable<void> exchange(std::shared_ptr<Conn> c, Job job) {
@@ -229,12 +294,19 @@ class PlainHttpClient::Impl {
       close(*c);
       next_for(h);
       if (starved_) wake_starved();
+      forget_if_unused(h);
       co_return;
     }
-    if (!h.waiting.empty()) {
-      Job next = std::move(h.waiting.front());
-      h.waiting.pop_front();
+    Job next;
+    if (pop_waiting(h, next)) {
       run(std::move(c), std::move(next));
+      co_return;
+    }
+    if (starved_) {
+      // Another destination waits for a connection slot: give it this one.
+      close(*c);
+      wake_starved();
+      forget_if_unused(h);
       co_return;
     }
     park(std::move(c));
@@ -256,11 +328,9 @@ class PlainHttpClient::Impl {
       beast::error_code ec;
       c.buffer.clear();
       s.socket().close(ec);
-      asio::ip::address addr = asio::ip::make_address(c.host->name, ec);
-      if (ec) co_return failed(kNotLiteral);
       s.expires_after(std::min<std::chrono::microseconds>(
           remaining(), std::chrono::milliseconds(options_.connect_timeout_ms)));
-      auto [cec] = co_await s.async_connect(tcp::endpoint(addr, c.host->port), kTuple);
+      auto [cec] = co_await s.async_connect(tcp::endpoint(c.host->address, c.host->port), kTuple);
       if (cec) {
         s.socket().close(ec);
         timed_out = cec == beast::error::timeout;
@@ -314,25 +384,37 @@ class PlainHttpClient::Impl {
       auto it = std::find(idle.begin(), idle.end(), c);
       if (it == idle.end()) return;
       idle.erase(it);
+      Host& h = *c->host;
       close(*c);
+      if (starved_) wake_starved();
+      forget_if_unused(h);
     });
     c->host->idle.push_back(std::move(c));
   }
 
   // A connection of `h` closed: its next waiting request may open a new one.
   void next_for(Host& h) {
-    if (h.waiting.empty() || h.conns >= options_.max_connections_per_host || !make_room()) return;
-    Job next = std::move(h.waiting.front());
-    h.waiting.pop_front();
-    run(open(h), std::move(next));
+    if (h.waiting.empty() || h.conns >= options_.max_connections_per_host) return;
+    if (!make_room()) {
+      starved_ = true;
+      return;
+    }
+    Job next;
+    if (pop_waiting(h, next)) run(open(h), std::move(next));
   }
 
+  // Room under max_connections_total appeared: start requests that waited for it, in
+  // destination order, until the room is used up again.
   void wake_starved() {
     starved_ = false;
     for (auto& [key, h] : hosts_) {
-      while (!h->waiting.empty() && total_ < options_.max_connections_total &&
-             h->conns < options_.max_connections_per_host) {
-        next_for(*h);
+      while (!h->waiting.empty() && h->conns < options_.max_connections_per_host) {
+        if (!make_room()) {
+          starved_ = true;
+          return;
+        }
+        Job next;
+        if (pop_waiting(*h, next)) run(open(*h), std::move(next));
       }
     }
   }
@@ -363,7 +445,13 @@ class PlainHttpClient::Impl {
       --outstanding_;
     }
     PlainDone done = std::move(job.done);
-    done(std::move(reply));
+    try {
+      done(std::move(reply));
+    } catch (const std::exception& e) {
+      log::error("http client: delivery callback threw: {}", e.what());
+    } catch (...) {
+      log::error("http client: delivery callback threw");
+    }
   }
 
   const PlainHttpOptions options_;

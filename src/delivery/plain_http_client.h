@@ -23,8 +23,12 @@
 //
 // Limits: at most max_queue requests accepted and not answered (beyond it send() answers
 // kRefused at once); at most max_connections_total connections (an idle connection of another
-// destination is closed to make room); every exchange ends by `timeout_ms` (connect included,
-// connect alone by connect_timeout_ms).
+// destination is closed to make room, and a connection that would go idle is handed to a
+// destination waiting for room); every exchange ends by `timeout_ms` (connect included,
+// connect alone by connect_timeout_ms). Waiting requests have no deadline of their own: they
+// move as the exchanges ahead of them end. Destinations waiting for room are served in no
+// particular order; the engine keeps in-flight attempts at or below max_connections_total, so
+// with the node's settings no request waits for room at all.
 #pragma once
 
 #include <cstdint>
