@@ -16,9 +16,10 @@
 // * Request: `job.method` upper-cased, body = `job.data` as-is when there is data (text/plain or
 //   application/json; never for HEAD, whose answer curl must not wait a body for), our headers
 //   (User-Agent, X-Skyring-Timer-Id, Idempotency-Key, X-Skyring-Attempt) followed by `job.headers`.
-//   A job header whose name is one we set, or one that frames the message (Content-Length,
-//   Transfer-Encoding, Expect), is ignored: receivers can trust our headers and a job cannot
-//   desynchronise a pooled connection. A job's Host header replaces ours. Redirects are not
+//   A job header whose name is one we set, one that frames the message (Content-Length,
+//   Transfer-Encoding, Expect) or a hop-by-hop one (Connection, Keep-Alive, Upgrade, TE,
+//   Proxy-Connection) is ignored: receivers can trust our headers and a job cannot
+//   desynchronise or take over a pooled connection. A job's Host header replaces ours. Redirects are not
 //   followed; the response body is discarded.
 // * Outcome: 2xx success; 5xx, 408, 429 and every transport error (refused, DNS, timeout after
 //   `job.timeout_ms`) retryable; any other status permanent.
