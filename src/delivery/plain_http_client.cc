@@ -230,7 +230,9 @@ class PlainHttpClient::Impl {
   // A Host is kept while it has connections or waiting requests, so hosts_ does not grow
   // with every destination ever seen. Call only where no reference to `h` is used afterwards.
   void forget_if_unused(Host& h) {
-    if (h.conns == 0 && h.waiting.empty() && h.idle.empty()) hosts_.erase(h.key);
+    if (h.conns != 0 || !h.waiting.empty() || !h.idle.empty()) return;
+    const std::string key = h.key;  // erase() must not be handed the dying element's own key
+    hosts_.erase(key);
   }
 
   // An idle connection may have died, or received bytes nobody asked for (an answer after
@@ -290,11 +292,13 @@ class PlainHttpClient::Impl {
     c->busy = false;
     complete(job, std::move(reply));
     if (stopped_) co_return;  // abort_everything closes what is left
+    // forget_if_unused(h) comes before wake_starved(): the latter may close h's last idle
+    // connection to make room, and erase h with it.
     if (!keep) {
       close(*c);
       next_for(h);
-      if (starved_) wake_starved();
       forget_if_unused(h);
+      if (starved_) wake_starved();
       co_return;
     }
     Job next;
@@ -305,8 +309,8 @@ class PlainHttpClient::Impl {
     if (starved_) {
       // Another destination waits for a connection slot: give it this one.
       close(*c);
-      wake_starved();
       forget_if_unused(h);
+      wake_starved();
       co_return;
     }
     park(std::move(c));
@@ -386,8 +390,8 @@ class PlainHttpClient::Impl {
       idle.erase(it);
       Host& h = *c->host;
       close(*c);
+      forget_if_unused(h);  // before wake_starved(), which may erase h itself
       if (starved_) wake_starved();
-      forget_if_unused(h);
     });
     c->host->idle.push_back(std::move(c));
   }
