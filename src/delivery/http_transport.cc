@@ -160,12 +160,41 @@ void call_done(DeliveryDone& done, DeliveryResult result) {
   }
 }
 
+// What a job's request carries, the same on both paths (curl and PlainHttpClient).
+struct BodyPlan {
+  // HEAD is the one method that never carries the data: its answer announces a body it never
+  // sends, so the client must not wait for one either.
+  bool has_body = false;
+  // POST, PUT and PATCH without data still say "Content-Length: 0": some servers answer 411
+  // to a body-less request of a method that defines one.
+  bool empty_body = false;
+  std::string_view content_type;  // empty: none
+};
+
+BodyPlan body_plan(const DeliveryJob& job) {
+  BodyPlan p;
+  p.has_body = job.data_kind != DataKind::kNone && job.method != "head";
+  p.empty_body =
+      !p.has_body && (job.method == "post" || job.method == "put" || job.method == "patch");
+  if (p.has_body && job.data_kind == DataKind::kString) {
+    p.content_type = "text/plain; charset=utf-8";
+  } else if (p.has_body && job.data_kind == DataKind::kJson) {
+    p.content_type = "application/json";
+  }
+  return p;
+}
+
+// A job header that is passed on: not one of ours nor a framing or hop-by-hop one, and nothing
+// that could end its header line early.
+bool forwarded(std::string_view name, std::string_view value) {
+  return !name.empty() && !is_reserved_header(name) &&
+         name.find_first_of(":\r\n") == std::string_view::npos &&
+         value.find_first_of("\r\n") == std::string_view::npos;
+}
+
 // The request PlainHttpClient sends: the same method, headers and body the curl path sends.
 std::string serialize_request(const DeliveryJob& job, const HttpUri& u) {
-  const bool head = job.method == "head";
-  const bool has_body = job.data_kind != DataKind::kNone && !head;
-  const bool empty_body =
-      !has_body && (job.method == "post" || job.method == "put" || job.method == "patch");
+  const BodyPlan plan = body_plan(job);
   std::string w;
   w.reserve(256 + job.data.size());
   w += upper(job.method);
@@ -188,25 +217,22 @@ std::string serialize_request(const DeliveryJob& job, const HttpUri& u) {
                  "User-Agent: skyring/{}\r\nX-Skyring-Timer-Id: {}\r\nIdempotency-Key: {}\r\n"
                  "X-Skyring-Attempt: {}\r\n",
                  kVersion, job.timer_id, job.timer_id, job.attempt);
-  if (has_body && job.data_kind == DataKind::kString) {
-    w += "Content-Type: text/plain; charset=utf-8\r\n";
-  } else if (has_body && job.data_kind == DataKind::kJson) {
-    w += "Content-Type: application/json\r\n";
+  if (!plan.content_type.empty()) {
+    fmt::format_to(std::back_inserter(w), "Content-Type: {}\r\n", plan.content_type);
   }
-  if (has_body || empty_body) {
-    fmt::format_to(std::back_inserter(w), "Content-Length: {}\r\n", has_body ? job.data.size() : 0);
+  if (plan.has_body || plan.empty_body) {
+    fmt::format_to(std::back_inserter(w), "Content-Length: {}\r\n",
+                   plan.has_body ? job.data.size() : 0);
   }
   for (const auto& [name, value] : job.headers) {
-    if (name.empty() || is_reserved_header(name) || iequals(name, "host")) continue;
-    if (name.find_first_of(":\r\n") != std::string::npos) continue;
-    if (value.find_first_of("\r\n") != std::string::npos) continue;
+    if (!forwarded(name, value) || iequals(name, "host")) continue;  // Host: written above
     w += name;
     w += ": ";
     w += value;
     w += "\r\n";
   }
   w += "\r\n";
-  if (has_body) w += job.data;
+  if (plan.has_body) w += job.data;
   return w;
 }
 
@@ -414,13 +440,7 @@ void HttpTransport::Loop::start(Queued queued) {
 CURLcode HttpTransport::Loop::configure(CURL* easy, Transfer& t) {
   const DeliveryJob& job = t.job;
   const bool head = job.method == "head";
-  // HEAD is the one method that never carries the data: curl cannot send a body and also skip
-  // the response body a HEAD answer announces but never sends.
-  const bool has_body = job.data_kind != DataKind::kNone && !head;
-  // POST, PUT and PATCH without data still say "Content-Length: 0": some servers answer 411
-  // to a body-less request of a method that defines one.
-  const bool empty_body =
-      !has_body && (job.method == "post" || job.method == "put" || job.method == "patch");
+  const BodyPlan plan = body_plan(job);
 
   std::vector<std::string> lines;
   lines.reserve(8 + job.headers.size());
@@ -428,18 +448,14 @@ CURLcode HttpTransport::Loop::configure(CURL* easy, Transfer& t) {
   lines.push_back(fmt::format("X-Skyring-Timer-Id: {}", job.timer_id));
   lines.push_back(fmt::format("Idempotency-Key: {}", job.timer_id));
   lines.push_back(fmt::format("X-Skyring-Attempt: {}", job.attempt));
-  if (has_body && job.data_kind == DataKind::kString) {
-    lines.emplace_back("Content-Type: text/plain; charset=utf-8");
-  } else if (has_body && job.data_kind == DataKind::kJson) {
-    lines.emplace_back("Content-Type: application/json");
-  } else if (empty_body) {
+  if (!plan.content_type.empty()) {
+    lines.push_back(fmt::format("Content-Type: {}", plan.content_type));
+  } else if (plan.empty_body) {
     lines.emplace_back("Content-Type:");  // "Name:" removes curl's form-urlencoded default
   }
   lines.emplace_back("Expect:");  // no 100-continue round trip before the body
   for (const auto& [name, value] : job.headers) {
-    if (name.empty() || is_reserved_header(name)) continue;
-    if (name.find_first_of(":\r\n") != std::string::npos) continue;
-    if (value.find_first_of("\r\n") != std::string::npos) continue;
+    if (!forwarded(name, value)) continue;
     // curl drops "Name:" headers; "Name;" is how it sends an empty value.
     lines.push_back(value.empty() ? fmt::format("{};", name) : fmt::format("{}: {}", name, value));
   }
@@ -466,7 +482,7 @@ CURLcode HttpTransport::Loop::configure(CURL* easy, Transfer& t) {
   set(CURLOPT_WRITEFUNCTION, &discard_body);
   set(CURLOPT_HTTPHEADER, t.headers);
   if (head) set(CURLOPT_NOBODY, 1L);  // CUSTOMREQUEST "HEAD" alone would wait for a body
-  if (has_body || empty_body) {
+  if (plan.has_body || plan.empty_body) {
     set(CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(job.data.size()));
     set(CURLOPT_POSTFIELDS, job.data.c_str());  // not copied: t outlives the transfer
   }

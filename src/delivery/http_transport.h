@@ -19,8 +19,8 @@
 //   A job header whose name is one we set, one that frames the message (Content-Length,
 //   Transfer-Encoding, Expect) or a hop-by-hop one (Connection, Keep-Alive, Upgrade, TE,
 //   Proxy-Connection) is ignored: receivers can trust our headers and a job cannot
-//   desynchronise or take over a pooled connection. A job's Host header replaces ours. Redirects are not
-//   followed; the response body is discarded.
+//   desynchronise or take over a pooled connection. A job's Host header replaces ours. Redirects
+//   are not followed; the response body is discarded.
 // * Outcome: 2xx success; 5xx, 408, 429 and every transport error (refused, DNS, timeout after
 //   `job.timeout_ms`) retryable; any other status permanent.
 //

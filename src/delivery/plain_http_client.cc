@@ -137,7 +137,6 @@ class PlainHttpClient::Impl {
     asio::steady_timer idle_timer;
     Host* host;
     bool connected = false;
-    bool busy = false;
   };
   struct Host {
     std::string key;   // "host:port", its key in hosts_
@@ -260,7 +259,6 @@ class PlainHttpClient::Impl {
   }
 
   void run(std::shared_ptr<Conn> c, Job job) {
-    c->busy = true;
     asio::co_spawn(io_, exchange(std::move(c), std::move(job)), [](std::exception_ptr e) {
       if (!e) return;
       try {
@@ -289,7 +287,6 @@ class PlainHttpClient::Impl {
     }
     if (stopped_) reply = aborted();
     Host& h = *c->host;
-    c->busy = false;
     complete(job, std::move(reply));
     if (stopped_) co_return;  // abort_everything closes what is left
     // forget_if_unused(h) comes before wake_starved(): the latter may close h's last idle
@@ -383,7 +380,7 @@ class PlainHttpClient::Impl {
     c->idle_timer.async_wait([this, weak = std::weak_ptr<Conn>(c)](const beast::error_code& ec) {
       if (ec) return;
       std::shared_ptr<Conn> c = weak.lock();
-      if (!c || c->busy) return;
+      if (!c) return;  // a connection taken from the idle list is no longer found below
       auto& idle = c->host->idle;
       auto it = std::find(idle.begin(), idle.end(), c);
       if (it == idle.end()) return;
@@ -449,13 +446,7 @@ class PlainHttpClient::Impl {
       --outstanding_;
     }
     PlainDone done = std::move(job.done);
-    try {
-      done(std::move(reply));
-    } catch (const std::exception& e) {
-      log::error("http client: delivery callback threw: {}", e.what());
-    } catch (...) {
-      log::error("http client: delivery callback threw");
-    }
+    done(std::move(reply));  // never throws: see PlainDone
   }
 
   const PlainHttpOptions options_;

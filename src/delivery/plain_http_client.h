@@ -58,6 +58,8 @@ struct PlainReply {
   std::string error;
 };
 
+// Must not throw: it runs on the client's loop. HttpTransport wraps the engine's callback in
+// its call_done(), which catches and logs, as it does for the curl path.
 using PlainDone = std::function<void(PlainReply)>;
 
 struct PlainHttpOptions {
