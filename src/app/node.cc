@@ -21,6 +21,7 @@
 #include "http/server.h"
 #include "storage/group_committer.h"
 #include "storage/kv.h"
+#include "storage/retention_purger.h"
 #include "storage/timer_store.h"
 
 namespace skyring {
@@ -138,6 +139,9 @@ int run_node(const Config& config) {
   log::info("recovered {} waiting timers in {} ms (storage {}, node {})", *recovered,
             (monotonic_us() - t0) / 1000, config.storage, node_id);
 
+  RetentionPurger purger(store, clock, PurgerOptions{}, PurgerProbe::make(metrics));
+  purger.start();
+
   ApiOptions aopts;
   aopts.node_id = node_id;
   Api api(engine, transports, metrics, clock, aopts);
@@ -145,7 +149,6 @@ int run_node(const Config& config) {
   if (auto started = server.start(); !started) return config_error(started.error().message);
 
   loop.set_on_wake([&engine] { engine.tick(); });
-  loop.every(1000, [&engine] { engine.housekeeping(); });
   log::always("skyring {} listening on {}:{} (node {})", kVersion, config.host, *port, node_id);
   engine.tick();
   loop.run();
@@ -165,6 +168,7 @@ int run_node(const Config& config) {
   stopper.join();
   loop.run_until([&] { return engine.backlog() == 0; }, 10000);
   committer.stop();
+  purger.stop();
   loop.run_until([&] { return engine.backlog() == 0; }, 1000);
   log::info("stopped: {} timers waiting in storage", engine.waiting());
   return 0;

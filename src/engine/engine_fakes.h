@@ -3,6 +3,7 @@
 // until told. Used by the engine tests and the engine micro-benchmark.
 #pragma once
 
+#include <algorithm>
 #include <deque>
 #include <mutex>
 #include <string>
@@ -30,15 +31,20 @@ class HeldCommitter final : public Committer {
  public:
   HeldCommitter(Kv& kv, Executor& ex) : kv_(kv), ex_(ex) {}
   Result<void> submit(KvBatch batch, CommitDone done) override {
-    if (overloaded) return fail(Errc::kOverloaded, "full");
+    size_t n = std::max<size_t>(batch.size(), 1);
+    if (overloaded || held_ops_ + n > max_ops) return fail(Errc::kOverloaded, "full");
+    held_ops_ += n;
     held_.push_back({std::move(batch), std::move(done)});
     return {};
   }
   size_t held() const { return held_.size(); }
+  // Queue capacity in operations, like GroupCommitter's max_queue_ops.
+  size_t max_ops = SIZE_MAX;
   // Applies every held batch (or fails them all when fail is true).
   void complete_all(bool fail_them = false) {
     auto items = std::move(held_);
     held_.clear();
+    held_ops_ = 0;
     for (auto& it : items) {
       Result<void> r;
       if (fail_them) {
@@ -50,7 +56,10 @@ class HeldCommitter final : public Committer {
     }
   }
   // Throws away held batches without completing them: what a crash does.
-  void drop_all() { held_.clear(); }
+  void drop_all() {
+    held_.clear();
+    held_ops_ = 0;
+  }
   bool overloaded = false;
 
  private:
@@ -61,6 +70,33 @@ class HeldCommitter final : public Committer {
   Kv& kv_;
   Executor& ex_;
   std::vector<Item> held_;
+  size_t held_ops_ = 0;
+};
+
+// Passes everything to another Kv, failing the next `fail_record_reads` reads of records (t/
+// keys) with an I/O error, and counting the entries scans visit.
+class FlakyKv final : public Kv {
+ public:
+  explicit FlakyKv(Kv& inner) : inner_(inner) {}
+  Result<std::optional<std::string>> get(std::string_view key) override {
+    if (fail_record_reads > 0 && key.starts_with("t/")) {
+      --fail_record_reads;
+      return fail(Errc::kIo, "injected read error");
+    }
+    return inner_.get(key);
+  }
+  Result<void> write(const KvBatch& batch, bool sync) override { return inner_.write(batch, sync); }
+  Result<void> scan(std::string_view start, std::string_view end, const KvVisitor& fn) override {
+    return inner_.scan(start, end, [&](std::string_view k, std::string_view v) {
+      ++scanned;
+      return fn(k, v);
+    });
+  }
+  int fail_record_reads = 0;
+  size_t scanned = 0;
+
+ private:
+  Kv& inner_;
 };
 
 // Records every attempt; the test decides each outcome.

@@ -32,6 +32,10 @@ void append_base62(std::string& out, uint64_t v, int width) {
 constexpr int kPrefixDigits = 9;
 constexpr int kCounterDigits = 6;
 constexpr uint64_t kCounterLimit = 56'800'235'584ULL;  // 62^6
+constexpr size_t kGeneratedIdLength = kPrefixDigits + kCounterDigits;
+// Draws of an unused prefix before a create gives up (each draw is 48 random bits).
+constexpr int kPrefixDraws = 8;
+constexpr int64_t kReadErrorLogIntervalUs = 1'000'000;
 
 }  // namespace
 
@@ -43,7 +47,12 @@ EngineProbe EngineProbe::make(Registry& r) {
   p.delivered = &r.counter("skyring_timers_delivered_total", "Timers delivered successfully");
   p.failed = &r.counter("skyring_timers_failed_total", "Timers that became dead letters");
   p.retried = &r.counter("skyring_timers_retried_total", "Failed attempts scheduled for retry");
-  p.purged = &r.counter("skyring_timers_purged_total", "Final records purged after retention");
+  p.read_errors = &r.counter("skyring_storage_read_errors_total",
+                             "Record reads that failed for a due timer (retried with backoff)");
+  p.quarantined = &r.counter("skyring_records_quarantined_total",
+                             "Records that failed their checksum and were moved aside");
+  p.quarantined_records =
+      &r.gauge("skyring_records_quarantined", "Quarantined records in storage (q/ keys)");
   p.pending = &r.gauge("skyring_timers_pending", "Timers waiting for an attempt or in flight");
   p.inflight = &r.gauge("skyring_deliveries_inflight", "Delivery attempts in flight");
   p.lateness_seconds =
@@ -65,35 +74,95 @@ TimerEngine::TimerEngine(const Clock& clock, Executor& executor, Wakeup& wakeup,
       probe_(probe) {
   std::random_device rd;
   rng_.seed((static_cast<uint64_t>(rd()) << 32) ^ rd() ^ static_cast<uint64_t>(clock.now_us()));
-  new_id_prefix();
 }
 
-void TimerEngine::new_id_prefix() {
-  // 48 random bits: two nodes (or two runs of one node) never share a prefix in practice, and
-  // the counter makes ids unique within a prefix. 2^48 < 62^9.
-  id_prefix_.clear();
-  append_base62(id_prefix_, rng_() & 0xffffffffffffULL, kPrefixDigits);
-  id_counter_ = 0;
+// A prefix is taken only if no id in storage or in a change on its way there starts with it;
+// from then on a client id that takes it retires it (create()). 48 random bits: 2^48 < 62^9.
+Result<void> TimerEngine::new_id_prefix() {
+  for (int draw = 0; draw < kPrefixDraws; ++draw) {
+    std::string prefix;
+    append_base62(prefix, rng_() & 0xffffffffffffULL, kPrefixDigits);
+    auto used = store_.has_id_with_prefix(prefix);
+    if (!used) return tl::unexpected(used.error());
+    if (*used) continue;
+    bool unsettled = std::any_of(unsettled_.begin(), unsettled_.end(),
+                                 [&](const auto& u) { return u.first.starts_with(prefix); });
+    if (unsettled) continue;
+    id_prefix_ = std::move(prefix);
+    id_counter_ = 0;
+    return {};
+  }
+  return fail(Errc::kUnavailable, "no unused id prefix found; retry");
 }
 
 Result<size_t> TimerEngine::recover() {
   size_t n = 0;
-  auto r = store_.scan_waiting([&](const PendingEntry& e) {
-    auto [it, inserted] = slots_.try_emplace(std::string(e.id));
-    SKYRING_ASSERT(inserted, "pending index lists an id twice");
-    Slot& s = it->second;
-    s.id = &it->first;
-    s.next_us = e.next_us;
-    s.state = e.state;
-    heap_.append_unordered(&s);
-    ++n;
+  std::vector<std::pair<std::string, std::string>> corrupt;  // id, raw index value
+  auto r = store_.scan_waiting(
+      [&](const PendingEntry& e) {
+        auto [it, inserted] = slots_.try_emplace(std::string(e.id));
+        SKYRING_ASSERT(inserted, "pending index lists an id twice");
+        Slot& s = it->second;
+        s.id = &it->first;
+        s.next_us = e.next_us;
+        s.state = e.state;
+        heap_.append_unordered(&s);
+        ++n;
+        return true;
+      },
+      [&](std::string_view id, std::string_view raw) { corrupt.emplace_back(id, raw); });
+  if (!r) return tl::unexpected(r.error());
+  auto q = store_.scan_quarantined([&](std::string_view id) {
+    remember_quarantined(id);
     return true;
   });
+  if (!q) return tl::unexpected(q.error());
+  KvBatch repairs;
+  for (const auto& [id, raw] : corrupt) repair_index_entry(id, raw, repairs);
+  if (!repairs.empty()) {
+    if (auto w = store_.write_now(repairs, /*sync=*/true); !w) return tl::unexpected(w.error());
+  }
+  n = slots_.size();
   heap_.heapify();
-  if (!r) return tl::unexpected(r.error());
   if (probe_.pending) probe_.pending->set(static_cast<int64_t>(slots_.size()));
+  if (probe_.quarantined_records)
+    probe_.quarantined_records->set(static_cast<int64_t>(quarantined_total_));
   arm();
   return n;
+}
+
+// A pending index entry that does not decode: its record says what the timer is. A waiting
+// record gets its index entry back; a final one needs none; an unreadable one is moved aside
+// with the entry.
+void TimerEngine::repair_index_entry(std::string_view id, std::string_view raw,
+                                     KvBatch& repairs) {
+  auto rec = store_.get(id);
+  if (rec && *rec && awaits_attempt((*rec)->state)) {
+    log::warn("timer {}: pending index entry is corrupt; rebuilt from its record", id);
+    TimerStore::put_waiting(repairs, **rec);
+    auto [it, inserted] = slots_.try_emplace(std::string(id));
+    SKYRING_ASSERT(inserted, "a corrupt index entry was also a valid one");
+    Slot& s = it->second;
+    s.id = &it->first;
+    s.next_us = (*rec)->next_us;
+    s.state = (*rec)->state;
+    heap_.append_unordered(&s);
+    return;
+  }
+  if (rec && *rec) {
+    log::warn("timer {}: stale pending index entry of a final record removed", id);
+    repairs.push_back({KvOp::Kind::kDelete, "p/" + std::string(id), {}});
+    return;
+  }
+  log::error("timer {}: pending index entry and record are unreadable; quarantined", id);
+  TimerStore::quarantine(repairs, id, 'p', raw);
+  remember_quarantined(id);
+  if (probe_.quarantined) probe_.quarantined->inc();
+}
+
+void TimerEngine::remember_quarantined(std::string_view id) {
+  ++quarantined_total_;
+  if (quarantined_ids_.size() < options_.max_quarantined_ids) quarantined_ids_.emplace(id);
 }
 
 Result<void> TimerEngine::admit() const {
@@ -106,6 +175,9 @@ Result<void> TimerEngine::admit() const {
 
 Result<TimerEngine::Lookup> TimerEngine::lookup(const std::string& id) {
   Lookup l;
+  if (!quarantined_ids_.empty() && quarantined_ids_.count(id) != 0) {
+    return fail(Errc::kCorruption, "the stored record of this timer is corrupt (quarantined)");
+  }
   if (auto u = unsettled_.find(id); u != unsettled_.end()) {
     l.record = u->second.record;
     l.seq = u->second.seq;
@@ -113,7 +185,17 @@ Result<TimerEngine::Lookup> TimerEngine::lookup(const std::string& id) {
     l.record = n->second;
   } else {
     auto got = store_.get(id);
-    if (!got) return tl::unexpected(got.error());
+    if (!got) {
+      if (got.error().code != Errc::kCorruption) {
+        return fail(Errc::kUnavailable, "storage read failed: " + got.error().message);
+      }
+      // Moved aside now if the backlog has room (it counts as a change), else at a later read.
+      if (admit()) {
+        auto raw = store_.raw_record(id);
+        quarantine(id, 't', raw && *raw ? std::string_view(**raw) : std::string_view());
+      }
+      return fail(Errc::kCorruption, "the stored record of this timer is corrupt (quarantined)");
+    }
     l.record = std::move(*got);
   }
   if (l.record) {
@@ -138,9 +220,43 @@ uint64_t TimerEngine::submit(KvBatch batch, TimerRecord record,
     if (done) done(std::move(r));
   };
   if (auto s = committer_.submit(std::move(batch), on_done); !s) {
+    // Admission keeps the backlog within max_unsettled + max_inflight changes, and the node
+    // sizes the committer's queue for that: a full queue here is a sizing bug, not overload.
+    SKYRING_ASSERT(s.error().code != Errc::kOverloaded,
+                   "committer queue is smaller than the engine's admission bound");
     executor_.post([on_done, err = s.error()]() mutable { on_done(tl::unexpected(err)); });
   }
   return seq;
+}
+
+uint64_t TimerEngine::submit_erase(KvBatch batch, const std::string& id) {
+  uint64_t seq = ++submitted_seq_;
+  unsettled_[id] = Unsettled{std::nullopt, seq};
+  auto on_done = [this, seq, id](Result<void> r) {
+    if (auto u = unsettled_.find(id); u != unsettled_.end() && u->second.seq == seq) {
+      unsettled_.erase(u);
+    }
+    on_committed(seq, r);
+  };
+  if (auto s = committer_.submit(std::move(batch), on_done); !s) {
+    SKYRING_ASSERT(s.error().code != Errc::kOverloaded,
+                   "committer queue is smaller than the engine's admission bound");
+    executor_.post([on_done, err = s.error()]() mutable { on_done(tl::unexpected(err)); });
+  }
+  return seq;
+}
+
+void TimerEngine::quarantine(const std::string& id, char source, std::string_view raw) {
+  log::error("timer {}: stored record failed its checksum; moved to quarantine (q/{})", id, id);
+  KvBatch b;
+  TimerStore::quarantine(b, id, source, raw);
+  if (slots_.count(id) != 0) erase_slot(id);
+  near_.erase(id);
+  submit_erase(std::move(b), id);
+  remember_quarantined(id);
+  if (probe_.quarantined) probe_.quarantined->inc();
+  if (probe_.quarantined_records)
+    probe_.quarantined_records->set(static_cast<int64_t>(quarantined_total_));
 }
 
 void TimerEngine::on_committed(uint64_t seq, const Result<void>& r) {
@@ -211,8 +327,10 @@ void TimerEngine::keep_if_near(const TimerRecord& r) {
   }
 }
 
-std::string TimerEngine::generate_id() {
-  if (id_counter_ == kCounterLimit) new_id_prefix();
+Result<std::string> TimerEngine::generate_id() {
+  if (id_prefix_.empty() || id_counter_ == kCounterLimit) {
+    if (auto p = new_id_prefix(); !p) return tl::unexpected(p.error());
+  }
   std::string id = id_prefix_;
   append_base62(id, id_counter_++, kCounterDigits);
   return id;
@@ -220,11 +338,14 @@ std::string TimerEngine::generate_id() {
 
 void TimerEngine::create(TimerRecord r, Reply<CreateResult> done) {
   if (auto a = admit(); !a) return done(tl::unexpected(a.error()));
-  if (r.id.empty()) {
-    r.id = generate_id();
+  bool client_id = !r.id.empty();
+  if (!client_id) {
+    auto id = generate_id();
+    if (!id) return done(tl::unexpected(id.error()));
+    r.id = std::move(*id);
   } else {
     auto l = lookup(r.id);
-    if (!l) return done(fail(Errc::kUnavailable, l.error().message));
+    if (!l) return done(tl::unexpected(l.error()));
     if (l->record) {
       if (l->record->body_hash != r.body_hash) {
         return done(fail(Errc::kConflict, "a timer with this id exists with a different body"));
@@ -237,7 +358,15 @@ void TimerEngine::create(TimerRecord r, Reply<CreateResult> done) {
     }
   }
   auto [it, inserted] = slots_.try_emplace(r.id);
-  SKYRING_ASSERT(inserted, "new timer id already has a slot");
+  if (!inserted) {
+    // Scheduled, yet no record was found: the pending index and the records disagree.
+    return done(fail(Errc::kCorruption, "this timer id is scheduled but has no stored record"));
+  }
+  // A client id that could be generated from the current prefix retires it.
+  if (client_id && r.id.size() == kGeneratedIdLength && !id_prefix_.empty() &&
+      r.id.starts_with(id_prefix_)) {
+    id_prefix_.clear();
+  }
   Slot& s = it->second;
   s.id = &it->first;
   s.next_us = r.next_us;
@@ -292,11 +421,10 @@ void TimerEngine::cancel(const std::string& id, Reply<void> done) {
     return done(fail(Errc::kConflict, "a delivery attempt is in flight; retry later"));
   }
   auto l = lookup(id);
-  if (!l) return done(fail(Errc::kUnavailable, l.error().message));
+  if (!l) return done(tl::unexpected(l.error()));
   if (!l->record) {
-    log::error("timer {} is scheduled but has no record; dropping it", id);
-    erase_slot(id);
-    return done(fail(Errc::kNotFound, "no pending timer with this id"));
+    quarantine(id, 'p', {});
+    return done(fail(Errc::kCorruption, "this timer id is scheduled but has no stored record"));
   }
   TimerRecord r = std::move(*l->record);
   r.state = State::kCancelled;
@@ -313,7 +441,7 @@ void TimerEngine::cancel(const std::string& id, Reply<void> done) {
 
 void TimerEngine::get(const std::string& id, Reply<TimerRecord> done) {
   auto l = lookup(id);
-  if (!l) return done(fail(Errc::kUnavailable, l.error().message));
+  if (!l) return done(tl::unexpected(l.error()));
   if (!l->record) return done(fail(Errc::kNotFound, "no timer with this id"));
   after_durable(l->seq, [this, r = std::move(*l->record), done = std::move(done)]() mutable {
     if (failed_) return done(fail(Errc::kUnavailable, failure_));
@@ -326,6 +454,7 @@ void TimerEngine::list(State state, const std::string& cursor, size_t limit, Rep
   after_durable(submitted_seq_, [this, state, cursor, limit, done = std::move(done)] {
     if (failed_) return done(fail(Errc::kUnavailable, failure_));
     Result<std::vector<std::string>> ids;
+    std::string resume;  // waiting states: where the bounded index scan stopped
     if (state == State::kExecuting) {
       std::vector<std::string> all;
       for (const auto& [id, f] : inflight_) {
@@ -335,7 +464,10 @@ void TimerEngine::list(State state, const std::string& cursor, size_t limit, Rep
       if (all.size() > limit) all.resize(limit);
       ids = std::move(all);
     } else if (awaits_attempt(state)) {
-      ids = store_.list_waiting(state, cursor, limit);
+      auto w = store_.list_waiting(state, cursor, limit, std::max<size_t>(options_.max_list_scan, 1));
+      if (!w) return done(fail(Errc::kUnavailable, w.error().message));
+      ids = std::move(w->ids);
+      resume = std::move(w->resume_after);
     } else {
       ids = store_.list_final(state, cursor, limit);
     }
@@ -343,10 +475,15 @@ void TimerEngine::list(State state, const std::string& cursor, size_t limit, Rep
     ListPage page;
     for (const std::string& id : *ids) {
       auto l = lookup(id);
-      if (!l) return done(fail(Errc::kUnavailable, l.error().message));
+      if (!l && l.error().code == Errc::kCorruption) continue;  // quarantined, not listed
+      if (!l) return done(tl::unexpected(l.error()));
       if (l->record && l->record->state == state) page.timers.push_back(std::move(*l->record));
     }
-    if (ids->size() == limit) page.next_cursor = ids->back();
+    if (awaits_attempt(state)) {
+      page.next_cursor = std::move(resume);
+    } else if (ids->size() == limit) {
+      page.next_cursor = ids->back();
+    }
     done(std::move(page));
   });
 }
@@ -354,6 +491,7 @@ void TimerEngine::list(State state, const std::string& cursor, size_t limit, Rep
 void TimerEngine::tick() {
   armed_us_ = INT64_MAX;
   if (!firing_ || failed_) return;
+  unpark_blocked();
   int64_t now = clock_.now_us();
   int starts = 0;
   while (!heap_.empty()) {
@@ -361,7 +499,7 @@ void TimerEngine::tick() {
     if (s->next_us > now) break;
     // Blocked until a commit or a delivery completes; each of those ticks again.
     if (s->write_seq > durable_seq_) return;
-    if (inflight_.size() >= options_.max_inflight) return;
+    if (inflight_.size() >= options_.max_inflight || !may_start()) return;
     if (++starts > kMaxStartsPerTick) return schedule_tick();
     heap_.pop();
     if (s->destination != kNoDestination &&
@@ -374,15 +512,42 @@ void TimerEngine::tick() {
   arm();
 }
 
+void TimerEngine::retry_read_later(Slot* s, const Error& e) {
+  if (probe_.read_errors) probe_.read_errors->inc();
+  read_retry_ms_ = read_retry_ms_ == 0
+                       ? options_.read_retry_min_ms
+                       : std::min(read_retry_ms_ * 2, options_.read_retry_max_ms);
+  int64_t now = clock_.now_us();
+  int64_t mono = monotonic_us();
+  if (mono - read_error_logged_us_ >= kReadErrorLogIntervalUs) {
+    read_error_logged_us_ = mono;
+    log::warn("timer {}: record read failed ({}); retrying in {} ms", *s->id, e.message,
+              read_retry_ms_);
+  }
+  // Later, never earlier: the timer stays owed exactly as stored.
+  s->next_us = std::max(s->next_us, now + read_retry_ms_ * 1000);
+  s->parked = false;
+  enqueue(s);
+}
+
 bool TimerEngine::start_attempt(Slot* s) {
   std::string id = *s->id;
   auto l = lookup(id);
-  if (!l || !l->record) {
-    log::error("timer {} is due but its record cannot be read ({}); dropping it", id,
-               l ? "missing" : l.error().message);
-    erase_slot(id);
+  if (!l) {
+    // kCorruption: lookup() quarantined the record (or will at a later read if the backlog
+    // was full); the slot goes unless it is still there to be moved aside then.
+    if (l.error().code == Errc::kCorruption) {
+      if (auto it = slots_.find(id); it != slots_.end()) retry_read_later(&it->second, l.error());
+      return false;
+    }
+    retry_read_later(s, l.error());
     return false;
   }
+  if (!l->record) {
+    quarantine(id, 'p', {});
+    return false;
+  }
+  read_retry_ms_ = 0;
   TimerRecord r = std::move(*l->record);
   r.state = s->state;
   if (s->destination == kNoDestination && !bind_destination(s, r)) {
@@ -477,21 +642,49 @@ void TimerEngine::finish(TimerRecord r, State state) {
 
 void TimerEngine::park(Slot* s) {
   s->parked = true;
-  destinations_[s->destination].parked.push_back(*s->id);
+  Destination& d = destinations_[s->destination];
+  if (!d.parked) d.parked = std::make_unique<std::deque<std::string>>();
+  d.parked->push_back(*s->id);
 }
 
 void TimerEngine::unpark(uint32_t destination) {
   // Attempts started here may finish the timer and free the entry, so index every time.
-  while (firing_ && !failed_ && inflight_.size() < options_.max_inflight &&
-         destination < destinations_.size() && !destinations_[destination].parked.empty() &&
-         destinations_[destination].busy < options_.max_inflight_per_destination) {
-    std::string id = std::move(destinations_[destination].parked.front());
-    destinations_[destination].parked.pop_front();
+  auto has_parked = [&] {
+    return destination < destinations_.size() && destinations_[destination].parked &&
+           !destinations_[destination].parked->empty();
+  };
+  while (has_parked() && destinations_[destination].busy < options_.max_inflight_per_destination) {
+    if (!firing_ || failed_) return;
+    if (inflight_.size() >= options_.max_inflight || !may_start()) {
+      // A node-wide limit, not this destination's: tick() resumes it once there is room.
+      Destination& d = destinations_[destination];
+      if (!d.blocked) {
+        d.blocked = true;
+        blocked_destinations_.push_back(destination);
+      }
+      return;
+    }
+    std::deque<std::string>& q = *destinations_[destination].parked;
+    std::string id = std::move(q.front());
+    q.pop_front();
     auto sit = slots_.find(id);
     if (sit == slots_.end() || !sit->second.parked) continue;  // cancelled or replaced since
     sit->second.parked = false;
     start_attempt(&sit->second);
   }
+  if (destination < destinations_.size() && destinations_[destination].parked &&
+      destinations_[destination].parked->empty()) {
+    destinations_[destination].parked.reset();
+  }
+}
+
+void TimerEngine::unpark_blocked() {
+  std::vector<uint32_t> blocked;
+  blocked.swap(blocked_destinations_);
+  for (uint32_t d : blocked) {
+    if (d < destinations_.size()) destinations_[d].blocked = false;
+  }
+  for (uint32_t d : blocked) unpark(d);
 }
 
 bool TimerEngine::bind_destination(Slot* s, const TimerRecord& r) {
@@ -534,30 +727,6 @@ void TimerEngine::release_destination(Slot* s) {
     free_destinations_.push_back(s->destination);
   }
   s->destination = kNoDestination;
-}
-
-void TimerEngine::housekeeping() {
-  if (failed_ || !firing_ || backlog() > options_.max_unsettled / 2) return;
-  auto expired = store_.expired(clock_.now_us(), options_.purge_batch);
-  if (!expired) {
-    log::warn("retention purge skipped: {}", expired.error().message);
-    return;
-  }
-  size_t n = 0;
-  for (const auto& e : *expired) {
-    if (unsettled_.count(e.id) != 0) continue;  // already being purged
-    KvBatch b;
-    TimerStore::purge(b, e.id, e.state, e.purge_at_us);
-    TimerRecord tomb;
-    tomb.id = e.id;
-    submit(std::move(b), std::move(tomb), nullptr);
-    unsettled_[e.id].record.reset();
-    ++n;
-  }
-  if (n > 0) {
-    if (probe_.purged) probe_.purged->inc(n);
-    log::debug("purged {} final timer records past retention", n);
-  }
 }
 
 void TimerEngine::stop_firing() {

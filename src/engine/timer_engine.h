@@ -15,7 +15,17 @@
 //     FIFO and its slot in the heap given up, so a dead destination never delays the others.
 //   * Outcomes: success -> succeeded; retryable failure with attempts left -> retrying with
 //     exponential backoff and jitter; otherwise failed (a dead letter). Final records stay for
-//     the retention window and are purged by housekeeping().
+//     the retention window; the RetentionPurger (storage/) removes them.
+//   * Admission: creates, replaces and cancels are refused (kOverloaded, 503) while
+//     max_unsettled changes wait for storage; attempts start only while backlog + in-flight
+//     attempts stay below max_unsettled, so the outcomes of the attempts in flight always fit
+//     (backlog <= max_unsettled + max_inflight). A slow disk makes timers wait, never fail.
+//   * Read errors: a record that cannot be read when its timer is due is retried with backoff
+//     (100 ms doubling to 10 s); one that fails its checksum is quarantined (q/<id>, never
+//     deleted), counted, and reported by failed reads (kCorruption, 500) and /health.
+//   * Generated ids are a random prefix (checked unused in storage and in unsettled changes)
+//     plus a counter. A client id that takes the current prefix retires it, so a generated id
+//     never equals an id that exists or is retained.
 //
 // Concurrency
 //   Single-threaded: every method runs on the engine's Executor thread. Transports and the
@@ -24,7 +34,9 @@
 // Limitations
 //   A storage write failure is fail-stop: the engine refuses all further work (kUnavailable)
 //   and stops firing; /health reports it. The operator restarts the node, which recovers from
-//   what is durable.
+//   what is durable. Overload (a full backlog) is not a failure: it only refuses and waits.
+//   Quarantined ids are remembered in memory up to max_quarantined_ids; beyond that a read of
+//   one finds nothing (404) and its id may be used again (the quarantined bytes stay).
 #pragma once
 
 #include <cstdint>
@@ -36,6 +48,7 @@
 #include <random>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "base/clock.h"
@@ -56,8 +69,11 @@ struct EngineOptions {
   size_t max_unsettled = 200'000;             // changes accepted but not yet durable
   int64_t retention_us = 24LL * 3600 * 1'000'000;
   int64_t delivery_timeout_ms = 10'000;
-  size_t purge_batch = 2000;  // final records purged per housekeeping()
-  size_t max_list = 1000;     // page size limit for list()
+  size_t max_list = 1000;        // page size limit for list()
+  size_t max_list_scan = 4096;   // pending-index entries visited per list() of a waiting state
+  int64_t read_retry_min_ms = 100;     // first retry of a due timer whose record read failed
+  int64_t read_retry_max_ms = 10'000;  // ... doubling up to this
+  size_t max_quarantined_ids = 10'000;  // quarantined ids remembered in memory
   // Records of timers due within near_window_us of their create/replace stay in memory (at most
   // max_near_records), so their attempt needs no storage read.
   int64_t near_window_us = 10'000'000;
@@ -79,7 +95,9 @@ struct EngineProbe {
   Counter* delivered = nullptr;
   Counter* failed = nullptr;
   Counter* retried = nullptr;
-  Counter* purged = nullptr;
+  Counter* read_errors = nullptr;
+  Counter* quarantined = nullptr;
+  Gauge* quarantined_records = nullptr;
   Gauge* pending = nullptr;
   Gauge* inflight = nullptr;
   Histogram* lateness_seconds = nullptr;
@@ -105,7 +123,8 @@ class TimerEngine {
               Committer& committer, const TransportRegistry& transports, EngineOptions options,
               EngineProbe probe = {});
 
-  // Loads every waiting timer from storage. Call once, before anything else.
+  // Loads every waiting timer from storage. Call once, before anything else. A corrupt index
+  // entry is repaired from its record, or quarantined with it; it never stops the start.
   Result<size_t> recover();
 
   // `r` comes from parse_timer_request(); r.id empty means "generate one".
@@ -117,8 +136,6 @@ class TimerEngine {
 
   // Starts attempts for every due timer the limits allow.
   void tick();
-  // Purges final records past their retention. Call about once a second.
-  void housekeeping();
 
   // Graceful stop: no new attempts start; requests get kUnavailable.
   void stop_firing();
@@ -128,6 +145,8 @@ class TimerEngine {
   uint64_t backlog() const { return submitted_seq_ - durable_seq_; }
   bool failed() const { return failed_; }
   const std::string& failure() const { return failure_; }
+  // Records moved aside because they failed their checksum (durable, since ever).
+  size_t quarantined() const { return quarantined_total_; }
 
  private:
   static constexpr uint32_t kNoDestination = UINT32_MAX;
@@ -142,9 +161,12 @@ class TimerEngine {
   // destination before reading the timer's record, and park the timer for it alone.
   struct Destination {
     std::string key;
-    size_t refs = 0;                 // slots that name it
-    size_t busy = 0;                 // attempts in flight
-    std::deque<std::string> parked;  // ids; stale entries (cancelled/replaced) are skipped
+    size_t refs = 0;  // slots that name it
+    size_t busy = 0;  // attempts in flight
+    // Ids; stale entries (cancelled/replaced) are skipped. Allocated at the first park: most
+    // destinations never saturate, and an empty std::deque already holds ~576 bytes.
+    std::unique_ptr<std::deque<std::string>> parked;
+    bool blocked = false;  // listed in blocked_destinations_
   };
   struct Unsettled {
     std::optional<TimerRecord> record;  // nullopt: purged
@@ -160,8 +182,14 @@ class TimerEngine {
   };
 
   Result<void> admit() const;
+  bool may_start() const { return backlog() + inflight_.size() < options_.max_unsettled; }
   Result<Lookup> lookup(const std::string& id);
   uint64_t submit(KvBatch batch, TimerRecord record, std::function<void(Result<void>)> done);
+  uint64_t submit_erase(KvBatch batch, const std::string& id);
+  void quarantine(const std::string& id, char source, std::string_view raw);
+  void remember_quarantined(std::string_view id);
+  void repair_index_entry(std::string_view id, std::string_view raw, KvBatch& repairs);
+  void retry_read_later(Slot* s, const Error& e);
   void after_durable(uint64_t seq, std::function<void()> fn);
   void on_committed(uint64_t seq, const Result<void>& r);
   void schedule_tick();
@@ -174,11 +202,13 @@ class TimerEngine {
   void on_delivered(const std::string& id, DeliveryResult result);
   void finish(TimerRecord r, State state);
   void unpark(uint32_t destination);
+  void unpark_blocked();
   void park(Slot* s);
   // Sets the slot's destination from its record (refcounted); false if the transport is gone.
   bool bind_destination(Slot* s, const TimerRecord& r);
   void release_destination(Slot* s);
-  std::string generate_id();
+  Result<std::string> generate_id();
+  Result<void> new_id_prefix();
   int64_t purge_at(const TimerRecord& r) const { return r.completed_us + options_.retention_us; }
 
   const Clock& clock_;
@@ -202,6 +232,12 @@ class TimerEngine {
   // uri -> destination key: most timers share a few uris, and parsing one is not free.
   std::unordered_map<std::string, std::string> destination_cache_;
   std::deque<std::pair<uint64_t, std::function<void()>>> waiters_;
+  // Destinations with parked timers whose unpark a node-wide limit cut short.
+  std::vector<uint32_t> blocked_destinations_;
+  std::unordered_set<std::string> quarantined_ids_;  // bounded by max_quarantined_ids
+  size_t quarantined_total_ = 0;
+  int64_t read_retry_ms_ = 0;  // current backoff for failing record reads (0: none failing)
+  int64_t read_error_logged_us_ = INT64_MIN;
 
   uint64_t submitted_seq_ = 0;
   uint64_t durable_seq_ = 0;
@@ -211,8 +247,7 @@ class TimerEngine {
   bool failed_ = false;
   std::string failure_;
   std::mt19937_64 rng_;
-  void new_id_prefix();
-  std::string id_prefix_;
+  std::string id_prefix_;  // empty: draw a new one before the next generated id
   uint64_t id_counter_ = 0;
 };
 

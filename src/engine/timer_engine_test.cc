@@ -2,8 +2,12 @@
 // transport that holds attempts: every step is explicit, nothing depends on real time.
 #include "engine/timer_engine.h"
 
+#include <malloc.h>
+
 #include <algorithm>
+#include <map>
 #include <random>
+#include <set>
 
 #include <fmt/format.h>
 #include <gtest/gtest.h>
@@ -11,10 +15,12 @@
 #include "engine/engine_fakes.h"
 #include "model/backoff.h"
 #include "model/request.h"
+#include "storage/retention_purger.h"
 
 namespace skyring {
 namespace {
 
+using testing::FlakyKv;
 using testing::HeldCommitter;
 using testing::HeldTransport;
 using testing::ManualExecutor;
@@ -123,7 +129,8 @@ class EngineTest : public ::testing::Test {
   ManualExecutor ex;
   RecordingWakeup wake;
   std::unique_ptr<Kv> kv = make_memory_kv();
-  TimerStore store{*kv};
+  FlakyKv flaky{*kv};
+  TimerStore store{flaky};
   Registry metrics;
   EngineOptions options;
   std::unique_ptr<TransportRegistry> registry;
@@ -462,14 +469,15 @@ TEST_F(EngineTest, RetentionPurgesFinalRecords) {
   EngineOptions o;
   o.retention_us = 60'000'000;
   start(o);
+  RetentionPurger purger(store, clock, PurgerOptions{});
   std::string id = create(timer(10, "p"));
   ASSERT_TRUE(cancel(id).has_value());
   clock.advance_ms(59'000);
-  engine->housekeeping();
+  ASSERT_TRUE(purger.run_once().has_value());
   settle();
   EXPECT_EQ(get(id)->state, State::kCancelled);
   clock.advance_ms(1'000);
-  engine->housekeeping();
+  ASSERT_TRUE(purger.run_once().has_value());
   settle();
   EXPECT_EQ(get(id).error().code, Errc::kNotFound);
   EXPECT_TRUE(list(State::kCancelled).timers.empty());
@@ -532,7 +540,7 @@ TEST_F(EngineTest, NearTimersAreAttemptedWithoutAStorageRead) {
   ASSERT_TRUE(kv->write({KvOp{KvOp::Kind::kPut, "t/far", "garbage"}}, true).has_value());
   advance_ms(60'000);
   EXPECT_EQ(transport->attempts.size(), 2u);
-  EXPECT_EQ(get(far).error().code, Errc::kUnavailable);
+  EXPECT_EQ(get(far).error().code, Errc::kCorruption);
 }
 
 TEST_F(EngineTest, ManyTimersInsertCancelExpire) {
@@ -564,6 +572,223 @@ TEST_F(EngineTest, ManyTimersInsertCancelExpire) {
     settle();
   }
   EXPECT_EQ(transport->attempts.size(), static_cast<size_t>(kN / 2));
+}
+
+// A client may pick any valid id, including the ones this node would generate next; the
+// generator must step around it, whether that timer is pending or already final (retained).
+TEST_F(EngineTest, GeneratedIdsNeverEqualAClientId) {
+  std::string first = create(timer(100'000));
+  ASSERT_EQ(first.size(), 15u);
+  ASSERT_EQ(first.substr(9), "000000");
+  std::string pending = first.substr(0, 9) + "000005";
+  std::string retained = first.substr(0, 9) + "000007";
+  EXPECT_EQ(create(timer(100'000, pending)), pending);
+  EXPECT_EQ(create(timer(100'000, retained)), retained);
+  ASSERT_TRUE(cancel(retained).has_value());
+  std::set<std::string> ids{first};
+  for (int i = 0; i < 20; ++i) {
+    std::string id = create(timer(100'000));
+    EXPECT_NE(id, pending);
+    EXPECT_NE(id, retained);
+    ids.insert(id);
+  }
+  EXPECT_EQ(ids.size(), 21u);
+  EXPECT_EQ(get(pending)->state, State::kPending);
+  EXPECT_EQ(get(retained)->state, State::kCancelled);
+  // The same holds for a client id still on its way to storage.
+  std::string next = create(timer(100'000));
+  // `next` plus two: the id the generator would give two creates from now.
+  std::string racing = next;
+  for (int carry = 2, i = 14; carry > 0 && i >= 9; --i) {
+    static const std::string kDigits =
+        "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    int v = static_cast<int>(kDigits.find(racing[static_cast<size_t>(i)])) + carry;
+    racing[static_cast<size_t>(i)] = kDigits[static_cast<size_t>(v % 62)];
+    carry = v / 62;
+  }
+  std::vector<std::string> out;
+  auto record = [&](Result<CreateResult> r) {
+    ASSERT_TRUE(r.has_value()) << r.error().message;
+    out.push_back(r->id);
+  };
+  engine->create(timer(100'000, racing), record);
+  for (int i = 0; i < 5; ++i) engine->create(timer(100'000), record);
+  settle();
+  ASSERT_EQ(out.size(), 6u);
+  EXPECT_EQ(std::set<std::string>(out.begin(), out.end()).size(), 6u);
+  EXPECT_EQ(std::count(out.begin(), out.end(), racing), 1);
+}
+
+// A disk stall at a high delivery rate: outcomes pile up unwritten. The engine stops starting
+// attempts before the committer's queue (sized as the node sizes it) is full, refuses creates
+// with kOverloaded, and never fails; once the disk is back every timer is delivered once.
+TEST_F(EngineTest, DiskStallMakesTimersWaitAndNeverFailsTheEngine) {
+  EngineOptions o;
+  o.max_unsettled = 10;
+  o.max_inflight = 4;
+  o.max_inflight_per_destination = 2;
+  start(o);
+  committer->max_ops = (o.max_unsettled + o.max_inflight) * 4;
+  constexpr int kN = 40;
+  // Half to one destination (its timers park), half to a destination each (started by tick).
+  for (int i = 0; i < kN; ++i) {
+    std::string uri = i % 2 == 0 ? "http://a.test/hook" : fmt::format("http://d{}.test/hook", i);
+    create(timer(10, fmt::format("s{:02}", i), uri));
+  }
+  clock.advance_ms(10);
+  engine->tick();
+  ex.run_all();
+  // The disk stalls: nothing is written; every attempt succeeds at once.
+  for (int round = 0; round < 30; ++round) {
+    for (size_t i = 0; i < transport->attempts.size(); ++i) {
+      if (transport->attempts[i].done) transport->complete(i, Outcome::kSuccess);
+    }
+    ex.run_all();
+    engine->tick();
+    ex.run_all();
+    ASSERT_FALSE(engine->failed()) << engine->failure();
+    EXPECT_LE(engine->backlog(), o.max_unsettled + o.max_inflight);
+  }
+  EXPECT_LT(transport->attempts.size(), static_cast<size_t>(kN)) << "attempts went on";
+  std::optional<Errc> refused;
+  engine->create(timer(10, "late"), [&](Result<CreateResult> r) {
+    refused = r ? std::nullopt : std::optional(r.error().code);
+  });
+  EXPECT_EQ(refused, Errc::kOverloaded);
+  // The disk is back.
+  for (int round = 0; round < 200 && transport->attempts.size() < static_cast<size_t>(kN) * 2;
+       ++round) {
+    committer->complete_all();
+    ex.run_all();
+    for (size_t i = 0; i < transport->attempts.size(); ++i) {
+      if (transport->attempts[i].done) transport->complete(i, Outcome::kSuccess);
+    }
+    engine->tick();
+    settle();
+  }
+  settle();
+  std::map<std::string, int> delivered;
+  for (const auto& a : transport->attempts) ++delivered[a.job.timer_id];
+  EXPECT_EQ(delivered.size(), static_cast<size_t>(kN));
+  for (const auto& [id, n] : delivered) EXPECT_EQ(n, 1) << id;
+  EXPECT_EQ(engine->waiting(), 0u);
+  EXPECT_FALSE(engine->failed());
+}
+
+// A record read that fails for a due timer is retried with backoff; the timer is neither
+// dropped nor attempted early.
+TEST_F(EngineTest, TransientReadErrorIsRetriedWithBackoff) {
+  std::string id = create(timer(60'000, "flaky"));  // far: its record is read at the due time
+  flaky.fail_record_reads = 2;
+  advance_ms(60'000);
+  EXPECT_TRUE(transport->attempts.empty());
+  EXPECT_EQ(engine->waiting(), 1u) << "the timer must stay owed";
+  advance_ms(100);  // first retry (100 ms) fails again; the next waits 200 ms
+  EXPECT_TRUE(transport->attempts.empty());
+  EXPECT_EQ(flaky.fail_record_reads, 0);
+  advance_ms(100);
+  EXPECT_TRUE(transport->attempts.empty());
+  advance_ms(100);
+  ASSERT_EQ(transport->attempts.size(), 1u);
+  EXPECT_EQ(transport->attempts[0].job.timer_id, id);
+  EXPECT_EQ(metrics.render().find("skyring_storage_read_errors_total 2") != std::string::npos,
+            true);
+  // A read error seen by a client is a 503 (retry), not a corruption.
+  flaky.fail_record_reads = 1;
+  EXPECT_EQ(get("other").error().code, Errc::kUnavailable);
+}
+
+// A record that fails its checksum is moved aside (never deleted), reported, counted, and the
+// node keeps working and restarts.
+TEST_F(EngineTest, CorruptRecordIsQuarantined) {
+  create(timer(60'000, "c"));
+  create(timer(60'000, "fine"));
+  ASSERT_TRUE(kv->write({KvOp{KvOp::Kind::kPut, "t/c", "garbage"}}, true).has_value());
+  advance_ms(60'000);
+  ASSERT_EQ(transport->attempts.size(), 1u);
+  EXPECT_EQ(transport->attempts[0].job.timer_id, "fine");
+  EXPECT_EQ(*kv->get("q/c"), std::optional<std::string>("tgarbage"));
+  EXPECT_EQ(*kv->get("t/c"), std::nullopt);
+  EXPECT_EQ(*kv->get("p/c"), std::nullopt);
+  EXPECT_EQ(engine->quarantined(), 1u);
+  EXPECT_EQ(engine->waiting(), 1u);  // "fine", in flight
+  EXPECT_EQ(get("c").error().code, Errc::kCorruption);
+  std::optional<Errc> err;
+  engine->create(timer(10, "c"), [&](Result<CreateResult> r) {
+    err = r ? std::nullopt : std::optional(r.error().code);
+  });
+  settle();
+  EXPECT_EQ(err, Errc::kCorruption);
+  EXPECT_NE(metrics.render().find("skyring_records_quarantined_total 1"), std::string::npos);
+  start();
+  EXPECT_EQ(engine->quarantined(), 1u);
+  EXPECT_EQ(get("c").error().code, Errc::kCorruption);
+}
+
+// A corrupt pending index entry never stops the start: it is rebuilt from its record, or
+// quarantined when the record is unreadable too.
+TEST_F(EngineTest, CorruptIndexEntriesDoNotStopRecovery) {
+  create(timer(1000, "good"));
+  create(timer(1000, "rebuilt"));
+  ASSERT_TRUE(kv->write({KvOp{KvOp::Kind::kPut, "p/rebuilt", "short"},
+                         KvOp{KvOp::Kind::kPut, "p/lost", "xyz"}},
+                        true)
+                  .has_value());
+  start();
+  EXPECT_EQ(recovered, 2u);
+  EXPECT_EQ(engine->quarantined(), 1u);
+  EXPECT_EQ(*kv->get("q/lost"), std::optional<std::string>("pxyz"));
+  EXPECT_EQ(kv->get("p/rebuilt")->value().size(), 9u);
+  advance_ms(1000);
+  EXPECT_EQ(transport->attempts.size(), 2u);
+}
+
+// Listing a state that no pending timer is in visits a bounded number of index entries per
+// call and hands back a cursor, so it never holds the engine thread for long.
+TEST_F(EngineTest, ListingAWaitingStateIsBoundedWorkPerCall) {
+  EngineOptions o;
+  o.max_list_scan = 50;
+  start(o);
+  for (int i = 0; i < 500; ++i) create(timer(100'000, fmt::format("q{:03}", i)));
+  std::string cursor;
+  int calls = 0;
+  size_t found = 0;
+  do {
+    size_t before = flaky.scanned;
+    ListPage p = list(State::kRetrying, cursor, 100);
+    EXPECT_LE(flaky.scanned - before, 50u);
+    found += p.timers.size();
+    cursor = p.next_cursor;
+    ASSERT_LT(++calls, 20);
+  } while (!cursor.empty());
+  EXPECT_EQ(found, 0u);
+  EXPECT_GE(calls, 10);
+  // Pending timers page as before.
+  ListPage p = list(State::kPending, "", 100);
+  EXPECT_EQ(p.timers.size(), 50u) << "at most max_list_scan entries are visited per call";
+  EXPECT_FALSE(p.next_cursor.empty());
+}
+
+// What the engine keeps per distinct destination is small: one saturating destination must not
+// cost every other destination a parked-timer queue.
+TEST_F(EngineTest, DistinctDestinationsCostLittleMemory) {
+  auto in_use = [] { return mallinfo2().uordblks; };
+  constexpr int kN = 2000;
+  size_t base0 = in_use();
+  for (int i = 0; i < kN; ++i) {
+    create(timer(100'000, fmt::format("one{:04}", i), "http://h0000.test/hook"));
+  }
+  size_t one = in_use() - base0;
+  start();
+  size_t base1 = in_use();
+  for (int i = 0; i < kN; ++i) {
+    create(timer(100'000, fmt::format("many{:03}", i), fmt::format("http://h{:04}.test/hook", i)));
+  }
+  size_t many = in_use() - base1;
+  if (one == 0) GTEST_SKIP() << "mallinfo2 does not count this allocator";
+  double per_destination = (static_cast<double>(many) - static_cast<double>(one)) / kN;
+  RecordProperty("bytes_per_destination", static_cast<int>(per_destination));
+  EXPECT_LT(per_destination, 500.0);
 }
 
 }  // namespace

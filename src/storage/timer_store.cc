@@ -13,6 +13,9 @@ std::string key_t(std::string_view id) {
 std::string key_p(std::string_view id) {
   return fmt::format("p/{}", id);
 }
+std::string key_q(std::string_view id) {
+  return fmt::format("q/{}", id);
+}
 std::string key_s(State s, std::string_view id) {
   std::string k = "s/";
   k.push_back(static_cast<char>(s));
@@ -121,11 +124,24 @@ void TimerStore::purge(KvBatch& b, std::string_view id, State state, int64_t pur
   b.push_back({KvOp::Kind::kDelete, key_e(purge_at_us, state, id), {}});
 }
 
-Result<void> TimerStore::scan_waiting(const std::function<bool(const PendingEntry&)>& fn) {
+void TimerStore::quarantine(KvBatch& b, std::string_view id, char source, std::string_view raw) {
+  std::string v(1, source);
+  v.append(raw);
+  b.push_back({KvOp::Kind::kPut, key_q(id), std::move(v)});
+  b.push_back({KvOp::Kind::kDelete, key_t(id), {}});
+  b.push_back({KvOp::Kind::kDelete, key_p(id), {}});
+}
+
+Result<void> TimerStore::scan_waiting(const std::function<bool(const PendingEntry&)>& fn,
+                                      const CorruptVisitor& on_corrupt) {
   Error bad{Errc::kCorruption, ""};
   bool corrupt = false;
   auto r = kv_.scan("p/", "p0", [&](std::string_view k, std::string_view v) {
     if (v.size() != 9 || !awaits_attempt(static_cast<State>(v[8]))) {
+      if (on_corrupt) {
+        on_corrupt(k.substr(2), v);
+        return true;
+      }
       corrupt = true;
       bad.message = fmt::format("pending index entry for {} is corrupt", k.substr(2));
       return false;
@@ -139,11 +155,18 @@ Result<void> TimerStore::scan_waiting(const std::function<bool(const PendingEntr
   return {};
 }
 
-Result<std::vector<TimerStore::Expired>> TimerStore::expired(int64_t now_us, size_t limit) {
+Result<std::vector<TimerStore::Expired>> TimerStore::expired(int64_t now_us, size_t limit,
+                                                             const Expired* after) {
   std::vector<Expired> out;
+  std::string start = "e/";
+  if (after != nullptr) {
+    start = key_e(after->purge_at_us, after->state, after->id);
+    start.push_back('\0');
+  }
   std::string end = "e/";
   put_be64(end, static_cast<uint64_t>(now_us) + 1);
-  auto r = kv_.scan("e/", end, [&](std::string_view k, std::string_view) {
+  if (start >= end) return out;
+  auto r = kv_.scan(start, end, [&](std::string_view k, std::string_view) {
     if (k.size() < 12 || !is_final(static_cast<State>(k[10]))) return true;
     out.push_back({std::string(k.substr(11)), static_cast<int64_t>(get_be64(k.substr(2, 8))),
                    static_cast<State>(k[10])});
@@ -160,11 +183,53 @@ Result<std::vector<std::string>> TimerStore::list_final(State state, std::string
   return list_ids(kv_, prefix, cursor, limit, [](std::string_view) { return true; });
 }
 
-Result<std::vector<std::string>> TimerStore::list_waiting(State state, std::string_view cursor,
-                                                          size_t limit) {
-  return list_ids(kv_, "p/", cursor, limit, [state](std::string_view v) {
-    return v.size() == 9 && static_cast<State>(v[8]) == state;
+Result<TimerStore::WaitingPage> TimerStore::list_waiting(State state, std::string_view cursor,
+                                                         size_t limit, size_t max_scan) {
+  WaitingPage page;
+  std::string start = "p/";
+  start.append(cursor);
+  if (!cursor.empty()) start.push_back('\0');
+  size_t scanned = 0;
+  std::string last_key;
+  bool stopped = false;
+  auto r = kv_.scan(start, "p0", [&](std::string_view k, std::string_view v) {
+    ++scanned;
+    if (v.size() == 9 && static_cast<State>(v[8]) == state) page.ids.emplace_back(k.substr(2));
+    if (page.ids.size() >= limit || scanned >= max_scan) {
+      last_key.assign(k.substr(2));
+      stopped = true;
+      return false;
+    }
+    return true;
   });
+  if (!r) return tl::unexpected(r.error());
+  if (stopped) page.resume_after = std::move(last_key);
+  return page;
+}
+
+Result<std::optional<std::string>> TimerStore::raw_record(std::string_view id) {
+  return kv_.get(key_t(id));
+}
+
+Result<void> TimerStore::scan_quarantined(const std::function<bool(std::string_view id)>& fn) {
+  return kv_.scan("q/", "q0", [&](std::string_view k, std::string_view) { return fn(k.substr(2)); });
+}
+
+Result<bool> TimerStore::has_id_with_prefix(std::string_view prefix) {
+  std::string start = key_t(prefix);
+  std::string end = start;
+  end.push_back('\xff');
+  bool any = false;
+  auto r = kv_.scan(start, end, [&](std::string_view, std::string_view) {
+    any = true;
+    return false;
+  });
+  if (!r) return tl::unexpected(r.error());
+  return any;
+}
+
+Result<void> TimerStore::write_now(const KvBatch& b, bool sync) {
+  return kv_.write(b, sync);
 }
 
 }  // namespace skyring

@@ -1,9 +1,10 @@
-// The timer key layout over a Kv (docs/storage-format.md). One keyspace, four prefixes:
+// The timer key layout over a Kv (docs/storage-format.md). One keyspace, five prefixes:
 //
 //   t/<id>                         -> encoded TimerRecord (model/codec.h)
 //   p/<id>                         -> u64le next_us, u8 state   (pending or retrying timers)
 //   s/<state byte><id>             -> ""                        (final timers, for listing)
 //   e/<u64be purge_at_us><state><id> -> ""                      (final timers, for retention purge)
+//   q/<id>                         -> u8 source ('t' or 'p') + the bytes as found (quarantine)
 //   m/format, m/node-id            -> metadata
 //
 // A record and its index entries always change in one atomic batch, so after any crash the
@@ -51,19 +52,45 @@ class TimerStore {
   // Removes a final record and its index entries (retention expired).
   static void purge(KvBatch& b, std::string_view id, State state, int64_t purge_at_us);
 
-  // Every pending/retrying timer, in id order.
-  Result<void> scan_waiting(const std::function<bool(const PendingEntry&)>& fn);
-  // Final timers whose purge time is <= now_us, oldest first, at most `limit`.
+  // Moves an unreadable record or index entry aside, never deleting its bytes: q/<id> gets
+  // `source` ('t' for a record, 'p' for a pending index entry) and `raw`; t/<id> and p/<id> go.
+  static void quarantine(KvBatch& b, std::string_view id, char source, std::string_view raw);
+
+  // Every pending/retrying timer, in id order. A corrupt index entry fails the scan, or, when
+  // on_corrupt is given, is reported there (id and raw value) and the scan goes on.
+  using CorruptVisitor = std::function<void(std::string_view id, std::string_view raw)>;
+  Result<void> scan_waiting(const std::function<bool(const PendingEntry&)>& fn,
+                            const CorruptVisitor& on_corrupt = nullptr);
+  // Final timers whose purge time is <= now_us, oldest first, at most `limit`; with `after`,
+  // only entries after that one (a cursor: the purge skips what it already deleted).
   struct Expired {
     std::string id;
     int64_t purge_at_us;
     State state;
   };
-  Result<std::vector<Expired>> expired(int64_t now_us, size_t limit);
+  Result<std::vector<Expired>> expired(int64_t now_us, size_t limit,
+                                       const Expired* after = nullptr);
   // Ids of final timers in `state` after `cursor` (exclusive), at most `limit`, in id order.
   Result<std::vector<std::string>> list_final(State state, std::string_view cursor, size_t limit);
-  // Ids of waiting timers in `state` (pending or retrying) after `cursor`.
-  Result<std::vector<std::string>> list_waiting(State state, std::string_view cursor, size_t limit);
+  // Ids of waiting timers in `state` (pending or retrying) after `cursor`. The pending index
+  // holds both states, so at most `max_scan` index entries are visited per call: `resume_after`
+  // is where the next call continues (empty when the end was reached).
+  struct WaitingPage {
+    std::vector<std::string> ids;
+    std::string resume_after;
+  };
+  Result<WaitingPage> list_waiting(State state, std::string_view cursor, size_t limit,
+                                   size_t max_scan);
+
+  // The stored bytes of a record, undecoded (what quarantine keeps).
+  Result<std::optional<std::string>> raw_record(std::string_view id);
+  // Ids under quarantine, in id order.
+  Result<void> scan_quarantined(const std::function<bool(std::string_view id)>& fn);
+  // Whether any record's id starts with `prefix`.
+  Result<bool> has_id_with_prefix(std::string_view prefix);
+  // A write outside the committer, for writers whose keys no other write touches: repairs
+  // during recovery (synced) and the retention purge (not synced; see retention_purger.h).
+  Result<void> write_now(const KvBatch& b, bool sync);
 
  private:
   Kv& kv_;
