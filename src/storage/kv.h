@@ -38,9 +38,15 @@ class Kv {
   virtual Result<void> scan(std::string_view start, std::string_view end, const KvVisitor& fn) = 0;
 };
 
+class FaultInjection;  // storage/fault_fs.h
+
 struct RocksOptions {
   size_t block_cache_mb = 64;
   size_t write_buffer_mb = 64;
+  // Tests only: every file operation goes through this simulated disk, which can lose power
+  // and drop what was not synced (fault_fs.h). After its cut_power() the Kv's destructor
+  // cannot flush: destroying the Kv then is a crash, not a clean close. Null in production.
+  std::shared_ptr<FaultInjection> fault;
 };
 
 Result<std::unique_ptr<Kv>> open_rocks_kv(const std::string& dir, const RocksOptions& options);
