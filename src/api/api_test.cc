@@ -488,6 +488,23 @@ TEST_F(ApiTest, Health503HasTheErrorBody) {
   EXPECT_TRUE(contains(h.body, R"("error":")")) << h.body;
 }
 
+// A stored record that fails its checksum: a 500 (retrying will not help, so no Retry-After),
+// the record is quarantined, and /health stays 200 but says "degraded".
+TEST_F(ApiTest, CorruptRecordIs500AndHealthDegraded) {
+  create("bad");
+  ASSERT_TRUE(kv_->write({KvOp{KvOp::Kind::kPut, "t/bad", "garbage"}}, true).has_value());
+  ApiResponse r = call("GET", "/timer/bad");
+  expect_error(r, 500, "corrupt");
+  EXPECT_FALSE(header(r, "Retry-After").has_value());
+  expect_error(call("DELETE", "/timer/bad"), 500);
+  ApiResponse h = call("GET", "/health");
+  EXPECT_EQ(h.status, 200) << h.body;
+  EXPECT_TRUE(contains(h.body, R"("status":"degraded")")) << h.body;
+  EXPECT_TRUE(contains(h.body, R"("quarantined":1)")) << h.body;
+  // The node keeps working.
+  create("good");
+}
+
 TEST_F(ApiTest, Metrics) {
   create("m1");
   ApiResponse r = call("GET", "/metrics");

@@ -175,9 +175,7 @@ Result<void> TimerEngine::admit() const {
 
 Result<TimerEngine::Lookup> TimerEngine::lookup(const std::string& id) {
   Lookup l;
-  if (!quarantined_ids_.empty() && quarantined_ids_.count(id) != 0) {
-    return fail(Errc::kCorruption, "the stored record of this timer is corrupt (quarantined)");
-  }
+  if (auto q = not_quarantined(id); !q) return tl::unexpected(q.error());
   if (auto u = unsettled_.find(id); u != unsettled_.end()) {
     l.record = u->second.record;
     l.seq = u->second.seq;
@@ -227,6 +225,13 @@ uint64_t TimerEngine::submit(KvBatch batch, TimerRecord record,
     executor_.post([on_done, err = s.error()]() mutable { on_done(tl::unexpected(err)); });
   }
   return seq;
+}
+
+Result<void> TimerEngine::not_quarantined(const std::string& id) const {
+  if (!quarantined_ids_.empty() && quarantined_ids_.count(id) != 0) {
+    return fail(Errc::kCorruption, "the stored record of this timer is corrupt (quarantined)");
+  }
+  return {};
 }
 
 uint64_t TimerEngine::submit_erase(KvBatch batch, const std::string& id) {
@@ -388,6 +393,7 @@ void TimerEngine::create(TimerRecord r, Reply<CreateResult> done) {
 
 void TimerEngine::replace(TimerRecord r, Reply<void> done) {
   if (auto a = admit(); !a) return done(tl::unexpected(a.error()));
+  if (auto q = not_quarantined(r.id); !q) return done(tl::unexpected(q.error()));
   auto it = slots_.find(r.id);
   if (it == slots_.end()) return done(fail(Errc::kNotFound, "no pending timer with this id"));
   Slot& s = it->second;
@@ -415,6 +421,7 @@ void TimerEngine::replace(TimerRecord r, Reply<void> done) {
 
 void TimerEngine::cancel(const std::string& id, Reply<void> done) {
   if (auto a = admit(); !a) return done(tl::unexpected(a.error()));
+  if (auto q = not_quarantined(id); !q) return done(tl::unexpected(q.error()));
   auto it = slots_.find(id);
   if (it == slots_.end()) return done(fail(Errc::kNotFound, "no pending timer with this id"));
   if (it->second.state == State::kExecuting) {

@@ -184,6 +184,7 @@ class TimerEngine {
   Result<void> admit() const;
   bool may_start() const { return backlog() + inflight_.size() < options_.max_unsettled; }
   Result<Lookup> lookup(const std::string& id);
+  Result<void> not_quarantined(const std::string& id) const;
   uint64_t submit(KvBatch batch, TimerRecord record, std::function<void(Result<void>)> done);
   uint64_t submit_erase(KvBatch batch, const std::string& id);
   void quarantine(const std::string& id, char source, std::string_view raw);
