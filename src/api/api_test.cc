@@ -477,9 +477,8 @@ TEST_F(ApiTest, StorageFailureMakesHealth503) {
   EXPECT_TRUE(header(again, "Retry-After").has_value());
 }
 
-// BUG (src/api/api.cc, Api::health): a 503 from /health replaces the {"error": ...} body that
-// Api::error() built with the health object, so it breaks "every 4xx/5xx carries ... a JSON body
-// {"error":"<message>"}" (SPEC section 2). The x-skyring-reason header is there.
+// Every 4xx/5xx carries a JSON body {"error":"<message>"} (SPEC section 2), /health's 503
+// too: its health object keeps the "error" field next to the status fields.
 TEST_F(ApiTest, Health503HasTheErrorBody) {
   committer_.fail_writes = true;
   call("POST", "/timer", body(1000));
@@ -554,6 +553,28 @@ TEST_F(ApiTest, ErrorShape) {
   EXPECT_EQ(Api::status_for(Errc::kUnavailable), 503);
   EXPECT_EQ(Api::status_for(Errc::kCorruption), 500);
   EXPECT_EQ(Api::status_for(Errc::kIo), 500);
+}
+
+// x-skyring-reason is at most 256 bytes, cut on a UTF-8 character boundary; the JSON body keeps
+// the whole message.
+TEST_F(ApiTest, ReasonHeaderIsCappedOnACharacterBoundary) {
+  std::string ascii(1000, 'a');
+  ApiResponse r = Api::error(400, ascii);
+  EXPECT_EQ(header(r, "x-skyring-reason"), std::string(256, 'a'));
+  EXPECT_TRUE(contains(r.body, ascii));
+
+  // "é" is 2 bytes: 255 ASCII bytes then "é" puts byte 256 inside the character.
+  std::string split = std::string(255, 'b') + "\xc3\xa9" + std::string(100, 'c');
+  EXPECT_EQ(header(Api::error(400, split), "x-skyring-reason"), std::string(255, 'b'));
+  // A 4-byte character across the cut: 254 bytes + U+1F600.
+  std::string emoji = std::string(254, 'd') + "\xf0\x9f\x98\x80" + "tail";
+  EXPECT_EQ(header(Api::error(400, emoji), "x-skyring-reason"), std::string(254, 'd'));
+  // A character that ends exactly at the cut is kept.
+  std::string exact = std::string(254, 'e') + "\xc3\xa9" + "more";
+  EXPECT_EQ(header(Api::error(400, exact), "x-skyring-reason"), std::string(254, 'e') + "\xc3\xa9");
+  // Short messages are untouched; control characters become spaces.
+  EXPECT_EQ(header(Api::error(400, "x\x01y\x7fz"), "x-skyring-reason"), "x y z");
+  EXPECT_EQ(header(Api::error(404, std::string(256, 'f')), "x-skyring-reason")->size(), 256u);
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
 #include "app/config.h"
 
+#include <algorithm>
 #include <charconv>
 #include <functional>
 #include <optional>
@@ -119,6 +120,11 @@ const std::vector<Option>& options() {
        uint_field<size_t>("max-queued-deliveries", &Config::max_queued_deliveries, 1, 10'000'000)},
       {"shutdown-timeout", "how long a graceful stop waits for in-flight work",
        duration_field("shutdown-timeout", &Config::shutdown_timeout_ms, 0)},
+      {"max-body-buffer",
+       "bytes of request bodies buffered at once, over all connections (at least 1 MiB); a "
+       "request beyond it is answered 503",
+       uint_field<size_t>("max-body-buffer", &Config::max_body_buffer, size_t{1} << 20,
+                          size_t{1} << 40)},
   };
   return opts;
 }
@@ -234,6 +240,30 @@ Result<Config> load_config(const std::vector<std::string>& args,
     }
   }
   return c;
+}
+
+DescriptorPlan plan_descriptors(const Config& config, uint64_t fd_limit, size_t storage_fds) {
+  DescriptorPlan p;
+  p.limit = fd_limit;
+  const uint64_t outbound = 2 * static_cast<uint64_t>(config.max_inflight);
+  p.wanted = config.max_connections + outbound + storage_fds + kDescriptorSlack;
+  if (p.wanted <= fd_limit) {
+    p.storage = storage_fds;
+    p.outbound = static_cast<size_t>(outbound);
+    p.clients = config.max_connections;
+    return p;
+  }
+  p.reduced = true;
+  const uint64_t usable = fd_limit > kDescriptorSlack ? fd_limit - kDescriptorSlack : 0;
+  p.storage = static_cast<size_t>(std::min<uint64_t>(storage_fds, usable / 2));
+  const uint64_t rest = usable - p.storage;
+  const uint64_t clients_share = std::max(rest / 2, rest > outbound ? rest - outbound : 0);
+  p.clients = static_cast<size_t>(
+      std::max<uint64_t>(1, std::min<uint64_t>(config.max_connections, clients_share)));
+  // Split evenly between the two outbound clients, at least one connection each.
+  uint64_t out = std::min(outbound, rest > p.clients ? rest - p.clients : 0);
+  p.outbound = static_cast<size_t>(std::max<uint64_t>(2, out - out % 2));
+  return p;
 }
 
 std::string config_help() {

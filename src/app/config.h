@@ -37,6 +37,7 @@ struct Config {
   size_t max_pending_writes = 200'000;
   size_t max_queued_deliveries = 100'000;
   int64_t shutdown_timeout_ms = 10'000;
+  size_t max_body_buffer = 256 * 1024 * 1024;  // bytes of request bodies buffered at once
 };
 
 // argv after "run": flags; env: the process environment (name -> value).
@@ -46,5 +47,31 @@ Result<Config> load_config(const std::vector<std::string>& args,
 
 // The help text of `skyring run --help`.
 std::string config_help();
+
+// File descriptors. At start the node raises its soft RLIMIT_NOFILE to the hard limit and
+// splits it (README, Configuration; docs/architecture.md, Bounds):
+//   slack    kDescriptorSlack: stdio, the listener, epoll/eventfd/timerfd/signalfd, curl's own,
+//            DNS, files read now and then
+//   storage  what the store keeps open (RocksDB: max_open_files + WAL, MANIFEST, LOG, LOCK)
+//   outbound 2 x --max-inflight: the plain client and curl each pool up to --max-inflight
+//   clients  --max-connections
+// If the sum fits the limit, everything is as configured. Otherwise (the node warns once)
+// what is left after the slack is shared: storage gets what it needs up to half of it; client
+// connections get at least half of the rest (more if outbound needs less), outbound the
+// remainder. So client connections can never take the descriptors storage and deliveries
+// need; beyond the cap they are closed at once.
+inline constexpr size_t kDescriptorSlack = 64;
+
+struct DescriptorPlan {
+  uint64_t limit = 0;    // the soft RLIMIT_NOFILE planned for
+  size_t storage = 0;    // held back for storage
+  size_t outbound = 0;   // outbound delivery connections, both clients together (even)
+  size_t clients = 0;    // effective --max-connections
+  bool reduced = false;  // the configured limits did not fit and were lowered
+  uint64_t wanted = 0;   // what the configured limits need in all (with storage and slack)
+};
+
+// storage_fds: descriptors the store may keep open (0 for memory storage).
+DescriptorPlan plan_descriptors(const Config& config, uint64_t fd_limit, size_t storage_fds);
 
 }  // namespace skyring

@@ -1,14 +1,29 @@
 #include <gtest/gtest.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <stdlib.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
+#include <fmt/format.h>
+
 #include "app/config.h"
+#include "base/clock.h"
+#include "base/metrics.h"
+#include "http/io_loop.h"
+#include "http/server.h"
 
 namespace skyring {
 namespace {
@@ -333,6 +348,176 @@ TEST(ParseDuration, Overflow) {
   EXPECT_EQ(parse_duration_ms("106751991167d").value(), 106751991167LL * 86'400'000);
   EXPECT_FALSE(parse_duration_ms("2562047788016h").has_value());
   EXPECT_EQ(parse_duration_ms("2562047788015h").value(), 2562047788015LL * 3'600'000);
+}
+
+TEST(Config, MaxBodyBuffer) {
+  EXPECT_EQ(load_ok({}).max_body_buffer, 268'435'456u);  // 256 MiB
+  EXPECT_EQ(load_ok({"--max-body-buffer", "2000000"}).max_body_buffer, 2'000'000u);
+  EXPECT_EQ(load_ok({}, {{"SKYRING_MAX_BODY_BUFFER", "3000000"}}).max_body_buffer, 3'000'000u);
+  TomlFile dashes("max-body-buffer = 4000000\n");
+  EXPECT_EQ(load_ok({"--config", dashes.path()}).max_body_buffer, 4'000'000u);
+  TomlFile underscores("max_body_buffer = 5000000\n");
+  EXPECT_EQ(load_ok({"--config", underscores.path()}).max_body_buffer, 5'000'000u);
+  // At least one whole body (1 MiB): a smaller budget would refuse every chunked request.
+  EXPECT_EQ(load_ok({"--max-body-buffer", "1048576"}).max_body_buffer, 1'048'576u);
+  expect_error({"--max-body-buffer", "1048575"}, {}, "--max-body-buffer");
+  expect_error({"--max-body-buffer", "256MiB"}, {}, "--max-body-buffer");
+  expect_error({}, {{"SKYRING_MAX_BODY_BUFFER", "-1"}}, "--max-body-buffer");
+  EXPECT_NE(config_help().find("--max-body-buffer"), std::string::npos);
+}
+
+// ---------------------------------------------------------------------------------------------
+// plan_descriptors
+
+constexpr size_t kRocksFds = 512 + 16;
+
+TEST(DescriptorPlan, EverythingFitsAsConfigured) {
+  Config c;
+  DescriptorPlan p = plan_descriptors(c, 1 << 20, kRocksFds);
+  EXPECT_FALSE(p.reduced);
+  EXPECT_EQ(p.clients, c.max_connections);
+  EXPECT_EQ(p.outbound, 2 * c.max_inflight);
+  EXPECT_EQ(p.storage, kRocksFds);
+  EXPECT_EQ(p.wanted, c.max_connections + 2 * c.max_inflight + kRocksFds + kDescriptorSlack);
+  // Exactly at the limit still fits.
+  EXPECT_FALSE(plan_descriptors(c, p.wanted, kRocksFds).reduced);
+  EXPECT_TRUE(plan_descriptors(c, p.wanted - 1, kRocksFds).reduced);
+}
+
+TEST(DescriptorPlan, TinyLimitIsShared) {
+  Config c;  // 10,000 connections, 1024 in flight
+  DescriptorPlan p = plan_descriptors(c, 256, kRocksFds);
+  EXPECT_TRUE(p.reduced);
+  // 192 after the slack: storage half, then clients and outbound half of the rest each.
+  EXPECT_EQ(p.storage, 96u);
+  EXPECT_EQ(p.clients, 48u);
+  EXPECT_EQ(p.outbound, 48u);
+}
+
+TEST(DescriptorPlan, ClientsCannotTakeWhatStorageAndDeliveriesNeed) {
+  Config c;
+  DescriptorPlan p = plan_descriptors(c, 4096, kRocksFds);
+  EXPECT_TRUE(p.reduced);
+  EXPECT_EQ(p.storage, kRocksFds);  // fits in half: kept whole
+  EXPECT_EQ(p.clients, 1752u);
+  EXPECT_EQ(p.outbound, 1752u);
+  // What one side does not need goes to the other.
+  c.max_connections = 100;
+  p = plan_descriptors(c, 1024, kRocksFds);
+  EXPECT_EQ(p.storage, 480u);
+  EXPECT_EQ(p.clients, 100u);
+  EXPECT_EQ(p.outbound, 380u);
+  c.max_connections = 10'000;
+  c.max_inflight = 10;
+  p = plan_descriptors(c, 4096, kRocksFds);
+  EXPECT_EQ(p.outbound, 20u);
+  EXPECT_EQ(p.clients, 4096 - kDescriptorSlack - kRocksFds - 20);
+}
+
+TEST(DescriptorPlan, MemoryStorageReservesNothing) {
+  Config c;
+  DescriptorPlan p = plan_descriptors(c, 256, 0);
+  EXPECT_EQ(p.storage, 0u);
+  EXPECT_EQ(p.clients, 96u);
+  EXPECT_EQ(p.outbound, 96u);
+}
+
+TEST(DescriptorPlan, NeverMoreThanTheLimitNorTheConfiguredValues) {
+  for (uint64_t limit : {0ull, 1ull, 64ull, 65ull, 100ull, 256ull, 1000ull, 1024ull, 4096ull,
+                         65536ull, 1ull << 20}) {
+    for (size_t conns : {size_t{1}, size_t{50}, size_t{10'000}, size_t{1'000'000}}) {
+      for (size_t inflight : {size_t{1}, size_t{7}, size_t{1024}, size_t{1'000'000}}) {
+        for (size_t storage : {size_t{0}, kRocksFds}) {
+          Config c;
+          c.max_connections = conns;
+          c.max_inflight = inflight;
+          DescriptorPlan p = plan_descriptors(c, limit, storage);
+          SCOPED_TRACE(fmt::format("limit {} conns {} inflight {} storage {}", limit, conns,
+                                   inflight, storage));
+          EXPECT_GE(p.clients, 1u);
+          EXPECT_LE(p.clients, conns);
+          EXPECT_GE(p.outbound, 2u);
+          EXPECT_EQ(p.outbound % 2, 0u);
+          EXPECT_LE(p.outbound, std::max<size_t>(2, 2 * inflight));
+          EXPECT_LE(p.storage, storage);
+          if (limit >= kDescriptorSlack + 3 + (storage ? 2 : 0)) {
+            EXPECT_LE(p.clients + p.outbound + p.storage + kDescriptorSlack, limit);
+          }
+          EXPECT_EQ(p.reduced, p.wanted > limit);
+        }
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// HttpServer (here because config_test links the whole node; candidates for a server_test)
+
+// Sends `request` on a new connection to 127.0.0.1:port from another thread while the loop
+// runs, and returns what came back until the server closed (or 10 s passed).
+std::string exchange(IoLoop& loop, uint16_t port, const std::string& request) {
+  std::atomic<bool> done{false};
+  std::string out;
+  std::thread client([&] {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    timeval tv{10, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0) {
+      send(fd, request.data(), request.size(), MSG_NOSIGNAL);
+      char buf[4096];
+      for (int i = 0; i < 1000; ++i) {
+        ssize_t n = recv(fd, buf, sizeof buf, 0);
+        if (n <= 0) break;
+        out.append(buf, static_cast<size_t>(n));
+      }
+    }
+    close(fd);
+    done = true;
+  });
+  loop.run_until([&] { return done.load(); }, 15'000);
+  client.join();
+  return out;
+}
+
+// A handler that throws (it must not; errors are values) ends only its own connection: the
+// connection's bookkeeping is undone and the server goes on.
+TEST(HttpServer, ExceptionInASessionKeepsTheBookkeeping) {
+  SystemClock clock;
+  IoLoop loop(clock);
+  Registry metrics;
+  HttpServerOptions o;
+  o.host = "127.0.0.1";
+  o.port = 0;
+  HttpServer server(
+      loop, o,
+      [](const ApiRequest& r, Api::Done done) {
+        if (r.target == "/throw") throw std::runtime_error("handler failed");
+        ApiResponse ok;
+        ok.body = "{}";
+        done(std::move(ok));
+      },
+      metrics);
+  auto port = server.bind();
+  ASSERT_TRUE(port.has_value());
+  ASSERT_TRUE(server.start().has_value());
+
+  std::string out = exchange(loop, *port, "GET /throw HTTP/1.1\r\nHost: x\r\n\r\n");
+  EXPECT_EQ(out, "");  // closed without an answer
+  EXPECT_TRUE(loop.run_until([&] { return server.connections() == 0; }, 10'000))
+      << server.connections() << " connection(s) still listed";
+  EXPECT_NE(metrics.render().find("\nskyring_http_connections 0\n"), std::string::npos)
+      << metrics.render();
+
+  out = exchange(loop, *port, "GET /fine HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+  EXPECT_EQ(out.rfind("HTTP/1.1 200", 0), 0u) << out;
+  EXPECT_TRUE(loop.run_until([&] { return server.connections() == 0; }, 10'000));
+
+  server.stop_accepting();
+  EXPECT_TRUE(loop.run_until([&] { return server.drained(); }, 10'000));
 }
 
 }  // namespace

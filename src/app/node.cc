@@ -1,11 +1,14 @@
 #include "app/node.h"
 
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <random>
 
 #include <fmt/format.h>
@@ -44,6 +47,64 @@ Result<void> prepare_data_dir(const std::string& dir) {
   return {};
 }
 
+// RocksDB's max_open_files (storage/rocks_kv.cc) and what it keeps open besides tables: WAL,
+// MANIFEST, LOG, LOCK, directories.
+constexpr size_t kRocksMaxOpenFiles = 512;
+constexpr size_t kRocksOtherFiles = 16;
+
+struct FdLimit {
+  uint64_t before = 0;  // soft RLIMIT_NOFILE at start
+  uint64_t now = 0;     // after raising it
+  std::string error;    // why it could not be raised
+};
+
+// Raises the soft RLIMIT_NOFILE to the hard limit (an unlimited hard limit means fs.nr_open,
+// the most Linux allows).
+FdLimit raise_fd_limit() {
+  FdLimit out;
+  rlimit rl{};
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0) {
+    out.error = std::strerror(errno);
+    out.before = out.now = 1024;
+    return out;
+  }
+  out.before = out.now = rl.rlim_cur;
+  rlim_t target = rl.rlim_max;
+  if (target == RLIM_INFINITY) {
+    uint64_t nr_open = 0;
+    std::ifstream f("/proc/sys/fs/nr_open");
+    target = (f >> nr_open) && nr_open > 0 ? static_cast<rlim_t>(nr_open) : rlim_t{1} << 20;
+  }
+  if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < target) {
+    rlimit raised{target, rl.rlim_max};
+    if (setrlimit(RLIMIT_NOFILE, &raised) == 0) {
+      out.now = target;
+    } else {
+      out.error = std::strerror(errno);
+    }
+  }
+  return out;
+}
+
+void log_descriptor_plan(const FdLimit& fds, const DescriptorPlan& plan, const Config& config) {
+  if (!fds.error.empty()) {
+    log::warn("file descriptors: cannot raise the limit {}: {}", fds.before, fds.error);
+  }
+  log::info(
+      "file descriptors: limit {}{}; client connections {}, outbound connections {}, storage {}, "
+      "slack {}",
+      fds.now, fds.now != fds.before ? fmt::format(" (raised from {})", fds.before) : "",
+      plan.clients, plan.outbound, plan.storage, kDescriptorSlack);
+  if (plan.reduced) {
+    log::warn(
+        "file descriptors: --max-connections {} and 2 x --max-inflight {} need {} descriptors "
+        "with storage and slack but the limit is {}: client connections capped at {}, outbound "
+        "at {} (raise the hard limit: ulimit -Hn, LimitNOFILE=)",
+        config.max_connections, config.max_inflight, plan.wanted, plan.limit, plan.clients,
+        plan.outbound);
+  }
+}
+
 std::string random_node_id() {
   std::random_device rd;
   return fmt::format("node-{:08x}{:04x}", rd(), rd() & 0xffff);
@@ -71,12 +132,17 @@ int run_node(const Config& config) {
     signal_seen = sig;
     loop.stop();
   });
+  // Before storage opens: RocksDB needs its share of descriptors from the start.
+  const FdLimit fds = raise_fd_limit();
+  const DescriptorPlan fd_plan = plan_descriptors(
+      config, fds.now, config.storage == "rocksdb" ? kRocksMaxOpenFiles + kRocksOtherFiles : 0);
   Api* api_ptr = nullptr;
   HttpServerOptions sopts;
   sopts.host = config.host;
   sopts.port = config.port;
-  sopts.max_connections = config.max_connections;
+  sopts.max_connections = fd_plan.clients;
   sopts.idle_timeout_ms = config.idle_timeout_ms;
+  sopts.max_body_buffer_bytes = config.max_body_buffer;
   HttpServer server(
       loop, sopts,
       [&api_ptr](const ApiRequest& r, Api::Done d) { api_ptr->handle(r, std::move(d)); }, metrics);
@@ -108,8 +174,10 @@ int run_node(const Config& config) {
   TransportRegistry transports;
   HttpTransportOptions http_opts;
   http_opts.max_queue = config.max_queued_deliveries;
-  http_opts.max_connections_total = config.max_inflight;
-  http_opts.max_connections_per_host = config.max_inflight_per_destination;
+  // Each of the two clients (plain, curl) pools up to this many: half of the outbound share.
+  http_opts.max_connections_total = fd_plan.outbound / 2;
+  http_opts.max_connections_per_host =
+      std::min(config.max_inflight_per_destination, http_opts.max_connections_total);
   transports.add(std::make_unique<HttpTransport>(http_opts));
 
   CommitterOptions copts;
@@ -138,6 +206,7 @@ int run_node(const Config& config) {
     return config_error(fmt::format("recovery failed: {}", recovered.error().message));
   log::info("recovered {} waiting timers in {} ms (storage {}, node {})", *recovered,
             (monotonic_us() - t0) / 1000, config.storage, node_id);
+  log_descriptor_plan(fds, fd_plan, config);
 
   RetentionPurger purger(store, clock, PurgerOptions{}, PurgerProbe::make(metrics));
   purger.start();

@@ -1,6 +1,9 @@
 #include "http/server.h"
 
 #include <algorithm>
+#include <array>
+#include <cerrno>
+#include <exception>
 #include <list>
 
 #include <fmt/format.h>
@@ -21,6 +24,77 @@ namespace http = beast::http;
 using tcp = asio::ip::tcp;
 constexpr auto kTuple = asio::as_tuple(asio::use_awaitable);
 
+namespace {
+
+// Lets one line through per period; the next line that passes says how many were dropped.
+class LogLimiter {
+ public:
+  // True if a line may be written now; *dropped is the number held back since the last one.
+  bool allow(uint64_t* dropped) {
+    int64_t now = monotonic_us();
+    if (logged_ && now - last_us_ < kPeriodUs) {
+      ++dropped_;
+      return false;
+    }
+    logged_ = true;
+    last_us_ = now;
+    *dropped = dropped_;
+    dropped_ = 0;
+    return true;
+  }
+
+ private:
+  static constexpr int64_t kPeriodUs = 1'000'000;
+  bool logged_ = false;
+  int64_t last_us_ = 0;
+  uint64_t dropped_ = 0;
+};
+
+std::string dropped_note(uint64_t dropped) {
+  return dropped == 0 ? std::string() : fmt::format(" ({} more not logged)", dropped);
+}
+
+enum class AcceptFailure {
+  kConnection,  // one connection failed (reset before it was accepted): take the next one
+  kResources,   // out of descriptors or kernel memory: retrying at once cannot succeed
+  kOther,       // unexpected: do not retry in a hot loop either
+};
+
+AcceptFailure classify(const beast::error_code& ec) {
+  if (ec.category() != boost::system::system_category()) return AcceptFailure::kOther;
+  switch (ec.value()) {
+    case EMFILE:
+    case ENFILE:
+    case ENOBUFS:
+    case ENOMEM:
+      return AcceptFailure::kResources;
+    case ECONNABORTED:
+    case ECONNRESET:
+    case EPROTO:
+    case EPERM:
+    case EINTR:
+    case EAGAIN:
+      return AcceptFailure::kConnection;
+    default:
+      return AcceptFailure::kOther;
+  }
+}
+
+// Completes an operation at most once (a handler that answered and then threw).
+template <typename Handler>
+struct OnceHandler {
+  explicit OnceHandler(Handler h) : handler(std::move(h)) {}
+  void operator()(std::exception_ptr e, ApiResponse r) {
+    if (called) return;
+    called = true;
+    handler(e, std::move(r));
+  }
+  Handler handler;
+  bool called = false;
+};
+
+}  // namespace
+
 struct HttpServer::Impl : std::enable_shared_from_this<HttpServer::Impl> {
   // Timeouts are deadlines checked by one sweeper timer, not a timer per read and write.
   struct Conn {
@@ -29,16 +103,71 @@ struct HttpServer::Impl : std::enable_shared_from_this<HttpServer::Impl> {
     int64_t deadline_us = 0;  // monotonic; the sweeper cancels the socket's I/O after it
   };
 
+  // A connection's entry in `conns` and the open gauge, undone however its session ends (an
+  // exception included): the sweeper must never see the socket of a finished session.
+  class ConnEntry {
+   public:
+    ConnEntry(Impl& impl, tcp::socket& socket)
+        : impl_(impl), it_(impl.conns.insert(impl.conns.end(), Conn{&socket, false, 0})) {
+      impl_.open.set(static_cast<int64_t>(impl_.conns.size()));
+    }
+    ~ConnEntry() {
+      impl_.conns.erase(it_);
+      impl_.open.set(static_cast<int64_t>(impl_.conns.size()));
+    }
+    ConnEntry(const ConnEntry&) = delete;
+    ConnEntry& operator=(const ConnEntry&) = delete;
+    Conn& conn() { return *it_; }
+
+   private:
+    Impl& impl_;
+    std::list<Conn>::iterator it_;
+  };
+
+  // Bytes of one request body taken from the node-wide budget, given back when it dies (after
+  // the request was answered, or however the session ends).
+  class BodyReservation {
+   public:
+    BodyReservation() = default;
+    ~BodyReservation() {
+      if (impl_ != nullptr) impl_->release_body(bytes_);
+    }
+    BodyReservation(const BodyReservation&) = delete;
+    BodyReservation& operator=(const BodyReservation&) = delete;
+    // False (nothing taken) if `bytes` more do not fit.
+    bool take(Impl& impl, size_t bytes) {
+      if (!impl.reserve_body(bytes)) return false;
+      impl_ = &impl;
+      bytes_ = bytes;
+      return true;
+    }
+
+   private:
+    Impl* impl_ = nullptr;
+    size_t bytes_ = 0;
+  };
+
+  using Parser = http::request_parser<http::string_body>;
+
   Impl(IoLoop& l, HttpServerOptions o, HttpHandler h, Registry& m)
       : loop(l),
         options(std::move(o)),
         handler(std::move(h)),
         acceptor(l.impl().io),
+        accept_pause(l.impl().io),
         accepted(m.counter("skyring_http_connections_total", "HTTP connections accepted")),
         rejected(m.counter("skyring_http_connections_rejected_total",
                            "HTTP connections closed at once: over the connection limit")),
+        accept_errors(m.counter("skyring_http_accept_errors_total",
+                                "accept() failures (out of descriptors or memory, or other)")),
+        accept_pauses(m.counter("skyring_http_accept_pauses_total",
+                                "Times accepting paused after an accept() failure")),
+        body_rejected(m.counter("skyring_http_body_budget_rejections_total",
+                                "Requests answered 503: their body did not fit the body buffer")),
         requests(m.counter("skyring_http_requests_total", "HTTP requests answered")),
-        open(m.gauge("skyring_http_connections", "Open HTTP connections")) {}
+        open(m.gauge("skyring_http_connections", "Open HTTP connections")),
+        body_bytes(m.gauge("skyring_http_body_buffer_bytes",
+                           "Bytes of request bodies reserved (being read or handled)")) {}
 
   asio::awaitable<void> accept_loop() {
     auto self = shared_from_this();
@@ -46,7 +175,7 @@ struct HttpServer::Impl : std::enable_shared_from_this<HttpServer::Impl> {
       auto [ec, sock] = co_await acceptor.async_accept(kTuple);
       if (ec) {
         if (!acceptor.is_open() || stopping) co_return;
-        log::warn("accept failed: {}", ec.message());
+        if (!co_await after_accept_error(ec)) co_return;
         continue;
       }
       if (conns.size() >= options.max_connections) {
@@ -56,12 +185,60 @@ struct HttpServer::Impl : std::enable_shared_from_this<HttpServer::Impl> {
         continue;
       }
       accepted.inc();
-      asio::co_spawn(loop.impl().io, session(std::move(sock)), asio::detached);
+      asio::co_spawn(loop.impl().io, session(std::move(sock)),
+                     [self](std::exception_ptr e) { self->after_session_exception(e); });
     }
   }
 
-  // Responses are serialized by hand into one buffer: cheaper than building a Beast message
-  // and the shapes are few and fixed.
+  // Counts and (rate-limited) logs a failed accept, then pauses unless only one connection
+  // failed. False when the server stopped meanwhile.
+  asio::awaitable<bool> after_accept_error(const beast::error_code& ec) {
+    accept_errors.inc();
+    AcceptFailure kind = classify(ec);
+    uint64_t dropped = 0;
+    if (accept_log.allow(&dropped)) {
+      if (kind == AcceptFailure::kConnection) {
+        log::warn("accept failed: {}{}", ec.message(), dropped_note(dropped));
+      } else {
+        log::warn("accept failed: {}; not accepting for {} ms{}", ec.message(),
+                  options.accept_pause_ms, dropped_note(dropped));
+      }
+    }
+    if (kind == AcceptFailure::kConnection) co_return true;
+    accept_pauses.inc();
+    accept_pause.expires_after(std::chrono::milliseconds(options.accept_pause_ms));
+    co_await accept_pause.async_wait(kTuple);  // cancelled by stop_accepting()
+    co_return !stopping && acceptor.is_open();
+  }
+
+  // A session must not throw (errors are values); if one does anyway its ConnEntry and
+  // BodyReservation were undone on the way out, and the node goes on.
+  void after_session_exception(std::exception_ptr e) {
+    if (!e) return;
+    uint64_t dropped = 0;
+    if (!session_log.allow(&dropped)) return;
+    try {
+      std::rethrow_exception(e);
+    } catch (const std::exception& x) {
+      log::error("HTTP connection ended by an exception: {}{}", x.what(), dropped_note(dropped));
+    } catch (...) {
+      log::error("HTTP connection ended by an exception{}", dropped_note(dropped));
+    }
+  }
+
+  bool reserve_body(size_t bytes) {
+    if (bytes >
+        options.max_body_buffer_bytes - std::min(body_in_use, options.max_body_buffer_bytes))
+      return false;
+    body_in_use += bytes;
+    body_bytes.set(static_cast<int64_t>(body_in_use));
+    return true;
+  }
+  void release_body(size_t bytes) {
+    body_in_use -= std::min(bytes, body_in_use);
+    body_bytes.set(static_cast<int64_t>(body_in_use));
+  }
+
   void arm_deadline(Conn& c, int64_t ms) { c.deadline_us = monotonic_us() + ms * 1000; }
 
   asio::awaitable<void> sweep() {
@@ -84,6 +261,8 @@ struct HttpServer::Impl : std::enable_shared_from_this<HttpServer::Impl> {
     }
   }
 
+  // Responses are serialized by hand into one buffer: cheaper than building a Beast message
+  // and the shapes are few and fixed.
   asio::awaitable<void> write_response(Conn& conn, ApiResponse r, bool keep_alive, bool head,
                                        unsigned version, bool& ok) {
     std::string out;
@@ -108,114 +287,150 @@ struct HttpServer::Impl : std::enable_shared_from_this<HttpServer::Impl> {
     ok = !ec;
   }
 
+  // Answers an error and closes. With drain, the request body the client may still be sending
+  // is read and dropped first (bounded in bytes and time): a client that sends its whole body
+  // before reading would otherwise see a reset instead of the answer.
+  asio::awaitable<void> reject(Conn& conn, int status, std::string msg, bool drain) {
+    bool ok = true;
+    co_await write_response(conn, Api::error(status, msg), false, false, 11, ok);
+    if (!drain || !ok) co_return;
+    beast::error_code ignored;
+    conn.socket->shutdown(tcp::socket::shutdown_send, ignored);
+    arm_deadline(conn, 2000);
+    size_t drained = 0;
+    while (drained < 64 * options.max_body_bytes) {
+      auto [rec, got] = co_await conn.socket->async_read_some(asio::buffer(drain_sink), kTuple);
+      if (rec) break;
+      drained += got;
+    }
+  }
+
+  // Reads one request: the header, then its body if the body buffer has room for it. False
+  // when the connection is to be closed (an error answer, if any, was written).
+  asio::awaitable<bool> read_request(Conn& conn, beast::flat_buffer& buffer, Parser& parser,
+                                     BodyReservation& body) {
+    tcp::socket& stream = *conn.socket;
+    arm_deadline(conn, options.idle_timeout_ms);
+    auto [ec, n] = co_await http::async_read_header(stream, buffer, parser, kTuple);
+    if (!ec && !parser.is_done()) {
+      conn.busy = true;
+      // Content-Length was checked against the body limit with the header; a chunked body
+      // may grow to the limit.
+      auto length = parser.content_length();
+      size_t need = length ? static_cast<size_t>(*length) : options.max_body_bytes;
+      if (!body.take(*this, need)) {
+        body_rejected.inc();
+        co_await reject(conn, 503,
+                        fmt::format("request bodies being received fill the node's body buffer "
+                                    "({} bytes); retry later",
+                                    options.max_body_buffer_bytes),
+                        true);
+        co_return false;
+      }
+      if (beast::iequals(parser.get()[http::field::expect], "100-continue")) {
+        http::response<http::empty_body> cont{http::status::continue_, parser.get().version()};
+        std::tie(ec, std::ignore) = co_await http::async_write(stream, cont, kTuple);
+      }
+      // Usually the whole body came with the header: parse it from the buffer directly
+      // instead of starting another read operation.
+      if (!ec && length && buffer.size() >= *length) {
+        size_t used = parser.put(buffer.data(), ec);
+        buffer.consume(used);
+      }
+      if (!ec && !parser.is_done()) {
+        std::tie(ec, n) = co_await http::async_read(stream, buffer, parser, kTuple);
+      }
+    }
+    if (!ec) {
+      conn.busy = true;
+      co_return true;
+    }
+    // Answer what the client can fix; drop connections that went away or stalled.
+    if (ec == http::error::body_limit) {
+      co_await reject(conn, 413,
+                      fmt::format("body is larger than {} bytes", options.max_body_bytes), true);
+    } else if (ec == http::error::header_limit) {
+      co_await reject(conn, 431,
+                      fmt::format("headers are larger than {} bytes", options.max_header_bytes),
+                      false);
+    } else if (ec.category() == beast::error_code(http::error::end_of_stream).category() &&
+               ec != http::error::end_of_stream && ec != http::error::partial_message) {
+      co_await reject(conn, 400, fmt::format("malformed HTTP request: {}", ec.message()), false);
+    }
+    co_return false;
+  }
+
+  // Hands a complete request to the handler and writes its answer. False when the
+  // connection is to be closed.
+  asio::awaitable<bool> answer(Conn& conn, const http::request<http::string_body>& req) {
+    conn.deadline_us = 0;  // the answer may wait for storage; no timeout while we owe one
+    ApiRequest areq;
+    areq.method = std::string_view(req.method_string().data(), req.method_string().size());
+    areq.target = std::string_view(req.target().data(), req.target().size());
+    auto tid = req["x-timer-id"];
+    areq.timer_id = std::string_view(tid.data(), tid.size());
+    areq.body = req.body();
+    // A handler that throws (it must not: errors are values) resumes this coroutine with the
+    // exception, so it unwinds the session (ConnEntry, BodyReservation) instead of escaping
+    // through the io_context and stopping the node.
+    ApiResponse resp = co_await asio::async_initiate<decltype(asio::use_awaitable),
+                                                     void(std::exception_ptr, ApiResponse)>(
+        [this, &areq](auto h) {
+          auto once = std::make_shared<OnceHandler<decltype(h)>>(std::move(h));
+          try {
+            handler(areq, [once](ApiResponse r) { (*once)(nullptr, std::move(r)); });
+          } catch (...) {
+            (*once)(std::current_exception(), ApiResponse{});
+          }
+        },
+        asio::use_awaitable);
+    bool keep = req.keep_alive() && !stopping;
+    bool ok = true;
+    co_await write_response(conn, std::move(resp), keep, req.method() == http::verb::head,
+                            req.version(), ok);
+    conn.busy = false;
+    co_return ok&& keep;
+  }
+
   asio::awaitable<void> session(tcp::socket sock) {
     auto self = shared_from_this();
-    tcp::socket& stream = sock;
     beast::error_code opt_ec;
-    stream.set_option(tcp::no_delay(true), opt_ec);
-    auto it = conns.insert(conns.end(), Conn{&stream, false, 0});
-    open.set(static_cast<int64_t>(conns.size()));
+    sock.set_option(tcp::no_delay(true), opt_ec);
+    ConnEntry entry(*this, sock);
     beast::flat_buffer buffer;
     while (!stopping) {
-      http::request_parser<http::string_body> parser;
+      Parser parser;
       parser.header_limit(static_cast<std::uint32_t>(options.max_header_bytes));
       parser.body_limit(options.max_body_bytes);
-      arm_deadline(*it, options.idle_timeout_ms);
-      auto [ec, n] = co_await http::async_read_header(stream, buffer, parser, kTuple);
-      bool ok = true;
-      if (!ec) {
-        it->busy = true;
-        auto& hdr = parser.get();
-        if (beast::iequals(hdr[http::field::expect], "100-continue")) {
-          http::response<http::empty_body> cont{http::status::continue_, hdr.version()};
-          std::tie(ec, std::ignore) = co_await http::async_write(stream, cont, kTuple);
-        }
-        if (!ec && !parser.is_done()) {
-          // Usually the whole body came with the header: parse it from the buffer directly
-          // instead of starting another read operation.
-          auto length = parser.content_length();
-          if (length && buffer.size() >= *length) {
-            size_t used = parser.put(buffer.data(), ec);
-            buffer.consume(used);
-          }
-          if (!ec && !parser.is_done()) {
-            std::tie(ec, n) = co_await http::async_read(stream, buffer, parser, kTuple);
-          }
-        }
-      }
-      if (ec) {
-        // Answer what the client can fix; drop connections that went away or stalled.
-        int status = 0;
-        std::string msg;
-        if (ec == http::error::body_limit) {
-          status = 413;
-          msg = fmt::format("body is larger than {} bytes", options.max_body_bytes);
-        } else if (ec == http::error::header_limit) {
-          status = 431;
-          msg = fmt::format("headers are larger than {} bytes", options.max_header_bytes);
-        } else if (ec.category() == beast::error_code(http::error::end_of_stream).category() &&
-                   ec != http::error::end_of_stream && ec != http::error::partial_message) {
-          status = 400;
-          msg = fmt::format("malformed HTTP request: {}", ec.message());
-        }
-        if (status != 0) {
-          co_await write_response(*it, Api::error(status, msg), false, false, 11, ok);
-        }
-        if (status == 413 && ok) {
-          // A client that sends its whole body before reading would see a reset instead of
-          // the 413 if we closed with its body unread: read and drop it, bounded in bytes
-          // and time.
-          beast::error_code ignored;
-          stream.shutdown(tcp::socket::shutdown_send, ignored);
-          arm_deadline(*it, 2000);
-          std::vector<char> sink(64 * 1024);
-          size_t drained = 0;
-          while (drained < 64 * options.max_body_bytes) {
-            auto [rec, got] = co_await stream.async_read_some(asio::buffer(sink), kTuple);
-            if (rec) break;
-            drained += got;
-          }
-        }
-        break;
-      }
-      auto& req = parser.get();
-      it->deadline_us = 0;  // the answer may wait for storage; no timeout while we owe one
-      ApiRequest areq;
-      areq.method = std::string_view(req.method_string().data(), req.method_string().size());
-      areq.target = std::string_view(req.target().data(), req.target().size());
-      auto tid = req["x-timer-id"];
-      areq.timer_id = std::string_view(tid.data(), tid.size());
-      areq.body = req.body();
-      ApiResponse resp =
-          co_await asio::async_initiate<decltype(asio::use_awaitable), void(ApiResponse)>(
-              [this, &areq](auto h) {
-                auto shared = std::make_shared<decltype(h)>(std::move(h));
-                handler(areq, [shared](ApiResponse r) { (*shared)(std::move(r)); });
-              },
-              asio::use_awaitable);
-      bool keep = req.keep_alive() && !stopping;
-      co_await write_response(*it, std::move(resp), keep, req.method() == http::verb::head,
-                              req.version(), ok);
-      it->busy = false;
-      if (!ok || !keep) break;
+      BodyReservation body;
+      if (!co_await read_request(entry.conn(), buffer, parser, body)) break;
+      if (!co_await answer(entry.conn(), parser.get())) break;
     }
     beast::error_code ignored;
-    stream.shutdown(tcp::socket::shutdown_send, ignored);
-    stream.close(ignored);
-    conns.erase(it);
-    open.set(static_cast<int64_t>(conns.size()));
+    sock.shutdown(tcp::socket::shutdown_send, ignored);
+    sock.close(ignored);
   }
 
   IoLoop& loop;
   HttpServerOptions options;
   HttpHandler handler;
   tcp::acceptor acceptor;
+  asio::steady_timer accept_pause;
   std::list<Conn> conns;
   bool stopping = false;
+  size_t body_in_use = 0;  // bytes reserved by BodyReservations
+  LogLimiter accept_log;
+  LogLimiter session_log;
+  // Rejected bodies are read into one shared buffer and dropped (one thread; never read).
+  std::array<char, 64 * 1024> drain_sink{};
   Counter& accepted;
   Counter& rejected;
+  Counter& accept_errors;
+  Counter& accept_pauses;
+  Counter& body_rejected;
   Counter& requests;
   Gauge& open;
+  Gauge& body_bytes;
 };
 
 HttpServer::HttpServer(IoLoop& loop, HttpServerOptions options, HttpHandler handler,
@@ -255,6 +470,7 @@ void HttpServer::stop_accepting() {
   impl_->stopping = true;
   beast::error_code ec;
   impl_->acceptor.close(ec);
+  impl_->accept_pause.cancel();
   for (auto& c : impl_->conns) {
     if (!c.busy) c.socket->cancel(ec);
   }

@@ -474,8 +474,8 @@ TEST(ParseRfc3339, Rejects) {
   }
 }
 
-// BUG (src/model/request.cc, parse_rfc3339_ms): the day check uses a fixed table with 29 days for
-// February in every year, so February 29 of a common year is accepted (as March 1).
+// February has 29 days in leap years only (divisible by 4, centuries only when divisible by
+// 400): February 29 of a common year is rejected, not read as March 1.
 TEST(ParseRfc3339, RejectsFebruary29InACommonYear) {
   EXPECT_FALSE(parse_rfc3339_ms("2023-02-29T00:00:00Z").has_value());
   EXPECT_FALSE(parse_rfc3339_ms("2100-02-29T00:00:00Z").has_value());
@@ -846,6 +846,38 @@ TEST(Backoff, JitterSpreads) {
   }
   EXPECT_LT(lo, 2200u);
   EXPECT_GT(hi, 3800u);
+}
+
+// callback.headers: NUL and other control characters are rejected in names and values (only
+// horizontal tab is allowed, in values); the 400 names the header.
+TEST(ParseTimerRequest, HeaderValuesWithControlCharactersAreRejected) {
+  for (std::string_view v : {R"(a\u0000b)", R"(\u0000)", R"(a\u0001)", R"(a\u001fb)", R"(a\u007f)",
+                             R"(a\u000bb)", R"(a\u000cb)", R"(\u001b[31m)"}) {
+    SCOPED_TRACE(std::string(v));
+    expect_invalid(with_headers(std::string(R"({"X-Ctl":")") + std::string(v) + "\"}"),
+                   "callback.headers.X-Ctl");
+  }
+}
+
+TEST(ParseTimerRequest, HeaderNamesWithControlCharactersAreRejected) {
+  for (std::string_view n : {R"(X\u0000)", R"(\u0000X)", R"(X\u0001Y)", R"(X\u007f)"}) {
+    SCOPED_TRACE(std::string(n));
+    auto r = parse(with_headers(std::string(R"({")") + std::string(n) + R"(":"v"})"));
+    ASSERT_FALSE(r.has_value());
+    EXPECT_EQ(r.error().code, Errc::kInvalidArgument);
+    EXPECT_NE(r.error().message.find("callback.headers."), std::string::npos) << r.error().message;
+    // The message shows the name's control bytes escaped, never raw.
+    EXPECT_EQ(r.error().message.find('\0'), std::string::npos);
+    for (char c : r.error().message) EXPECT_GE(static_cast<unsigned char>(c), 0x20);
+  }
+  expect_invalid(with_headers(R"({"X\u0000":"v"})"), R"(callback.headers.X\x00)");
+}
+
+TEST(ParseTimerRequest, HeaderValuesKeepTabsAndUtf8) {
+  TimerRecord r = parse_ok(with_headers(R"({"X-Tab":"a\tb","X-Utf8":"caf\u00e9 \u6f22"})"));
+  ASSERT_EQ(r.callback.headers.size(), 2u);
+  EXPECT_EQ(r.callback.headers[0].second, "a\tb");
+  EXPECT_EQ(r.callback.headers[1].second, "caf\xc3\xa9 \xe6\xbc\xa2");
 }
 
 }  // namespace

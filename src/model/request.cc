@@ -45,6 +45,41 @@ std::string lower(std::string_view s) {
   return out;
 }
 
+// A header name is a token: visible ASCII without separators we could misframe (':').
+bool header_name_ok(std::string_view name) {
+  if (name.empty()) return false;
+  for (char ch : name) {
+    auto c = static_cast<unsigned char>(ch);
+    if (c <= 0x20 || c >= 0x7f || c == ':') return false;
+  }
+  return true;
+}
+
+// A header value may not carry control characters (RFC 9110 section 5.5): NUL, CR and LF
+// would end or split the header line on the way out, the others are rejected by receivers.
+// Horizontal tab is allowed; bytes from 0x80 (UTF-8) are passed on as they are.
+bool header_value_ok(std::string_view value) {
+  for (char ch : value) {
+    auto c = static_cast<unsigned char>(ch);
+    if ((c < 0x20 && c != '\t') || c == 0x7f) return false;
+  }
+  return true;
+}
+
+// A header name for an error message: control and non-ASCII bytes as \xNN.
+std::string printable(std::string_view s) {
+  std::string out;
+  for (char ch : s) {
+    auto c = static_cast<unsigned char>(ch);
+    if (c < 0x20 || c >= 0x7f) {
+      fmt::format_to(std::back_inserter(out), "\\x{:02x}", c);
+    } else {
+      out.push_back(ch);
+    }
+  }
+  return out;
+}
+
 Result<void> parse_callback(const json::value* v, Callback* cb) {
   if (v == nullptr) return bad("callback is required");
   if (!v->is_object()) return bad("callback must be an object");
@@ -70,15 +105,16 @@ Result<void> parse_callback(const json::value* v, Callback* cb) {
       if (!kv.value().is_string())
         return bad(fmt::format("callback.headers.{} must be a string", std::string(kv.key())));
       std::string_view name = kv.key();
-      bool token = !name.empty();
-      for (char c : name) {
-        if (c <= 0x20 || c >= 0x7f || c == ':') token = false;
+      if (!header_name_ok(name)) {
+        return bad(fmt::format("callback.headers.{}: the name is not a valid HTTP header name",
+                               printable(name)));
       }
       std::string_view value = kv.value().get_string();
-      bool clean = value.find_first_of("\r\n") == std::string_view::npos;
-      if (!token || !clean)
-        return bad(
-            fmt::format("callback.headers.{} is not a valid HTTP header", std::string(name)));
+      if (!header_value_ok(value)) {
+        return bad(fmt::format(
+            "callback.headers.{}: the value contains a control character (NUL, CR, LF, ...)",
+            printable(name)));
+      }
       cb->headers.emplace_back(std::string(name), std::string(value));
     }
   }

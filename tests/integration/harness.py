@@ -218,7 +218,7 @@ class Node:
     _LISTEN = re.compile(r"listening on ([0-9.]+|\[[0-9a-fA-F:]+\]):(\d+)")
 
     def __init__(self, args=(), env=None, data_dir=None, storage=None, host="127.0.0.1",
-                 port=0, start=True, tmp_parent=None, raw_args=False, cwd=None):
+                 port=0, start=True, tmp_parent=None, raw_args=False, cwd=None, preexec_fn=None):
         self.bin = skyring_bin()
         self.extra_args = list(args)
         self.env_extra = dict(env or {})
@@ -227,6 +227,7 @@ class Node:
         self.storage = storage
         self.raw_args = raw_args  # True: run exactly `skyring run ARGS` (config tests)
         self.cwd = cwd
+        self.preexec_fn = preexec_fn  # run in the child before exec (e.g. resource.setrlimit)
         self._own_dir = data_dir is None
         self.data_dir = data_dir or tempfile.mkdtemp(prefix="skyring-it-", dir=tmp_parent)
         self.proc = None
@@ -261,7 +262,7 @@ class Node:
             self.lines.append("---- start #%d: %s" % (self.runs, " ".join(self.command())))
         self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     env=self._env(), cwd=self.cwd)
+                                     env=self._env(), cwd=self.cwd, preexec_fn=self.preexec_fn)
         listening = threading.Event()
         found = {}
         proc = self.proc

@@ -205,7 +205,9 @@ class DeliveryTest(SharedNodeTestCase):
         self.assertEqual(len(self.receiver.for_timer(tid)), 3)
 
     def test_backoff_with_jitter_bounds(self):
-        # Delays before attempts 2..5 are in [d/2, d] with d = 300, 600, 800, 800 (max 800).
+        # Delays before attempts 2..5 are at least d/2 with d = 300, 600, 800, 800 (max 800).
+        # Only the lower bound is timed (a loaded machine makes retries later, never sooner);
+        # a schedule that is far too late fails the 30 s wait for all five attempts.
         self.receiver.on(self.path(), statuses=[500])
         tid = self.create(timeout=10, retry={"attempts": 5, "backoff_ms": 300, "max_backoff_ms": 800})
         got = self.receiver.wait_timer(tid, count=5, timeout=30)
@@ -213,8 +215,6 @@ class DeliveryTest(SharedNodeTestCase):
         for i, d in enumerate((0.3, 0.6, 0.8, 0.8)):
             gap = got[i + 1].time - got[i].time
             self.assertGreaterEqual(gap, d / 2 * 0.95, "retry %d came too soon: %.3f s" % (i + 2, gap))
-            # Upper bound is generous (loaded machine); it only catches a broken schedule.
-            self.assertLess(gap, d + 3.0, "retry %d came too late: %.3f s" % (i + 2, gap))
 
     def test_408_429_and_connection_errors_are_retried(self):
         self.receiver.on(self.path(), statuses=[408, 429, 200])
@@ -289,9 +289,12 @@ class DeliveryTest(SharedNodeTestCase):
         self.assertEqual(self.receiver.for_path(self.path("other")), [])
 
     def test_delete_after_failed_attempt_cancels_retries(self):
+        # The retry is at least 3 s away (backoff 6 s, jitter down to half), so the DELETE
+        # does not race it; then the test waits past the retry time the node reported.
         gate = threading.Event()
         self.receiver.on(self.path(), statuses=[503], gate=gate)
-        tid = self.create(timeout=10, retry={"attempts": 5, "backoff_ms": 1500, "max_backoff_ms": 1500})
+        tid = self.create(timeout=10, retry={"attempts": 5, "backoff_ms": 6000,
+                                             "max_backoff_ms": 6000})
         self.receiver.wait_timer(tid)
         self.assertError(self.c.delete("/timer/" + tid), 409)
         gate.set()
@@ -299,12 +302,13 @@ class DeliveryTest(SharedNodeTestCase):
         self.assertEqual(t["attempts"], 1)
         self.assertIn("next_attempt", t)
         r = self.c.delete("/timer/" + tid)
-        if r.status == 409:  # the retry started already (slow machine): nothing to assert
-            self.skipTest("retry already in flight")
         self.assertEqual(r.status, 202, r)
         self.assertEqual(self.c.state(tid), "cancelled")
-        time.sleep(2.5)  # past the retry time
+        # Past the retry time (wall clock, as the node's), plus a poll of the receiver.
+        wait_until(lambda: time.time() * 1000 > t["next_attempt"] + 500, 15, interval=0.1,
+                   msg="past the retry time")
         self.assertEqual(len(self.receiver.for_timer(tid)), 1, "a cancelled retry was attempted")
+        self.assertEqual(self.c.state(tid), "cancelled")
 
 
 class RaceTest(SkyringTestCase):
@@ -389,8 +393,10 @@ class SlowDestinationTest(SkyringTestCase):
         t = c.timer(stuck)
         self.assertEqual(t["attempts"], 1)
         self.assertRegex(t["last_error"].lower(), r"time|timed out|timeout", t)
-        # The attempt was cut at the delivery timeout, not the 10 s default.
-        self.assertLess(t["completed"] / 1000 - sent, 8.0, t)
+        # The attempt was cut at the delivery timeout, not the 10 s default: with the default
+        # it could not have completed sooner than 10 s after `sent` (the attempt started
+        # later), however fast or slow the machine is.
+        self.assertLess(t["completed"] / 1000 - sent, 10.0, t)
         self.assertEqual(len(slow.for_timer(stuck)), 1)
         self.assertEqual(c.state(ok), "succeeded")
 

@@ -207,13 +207,8 @@ class ConfigTest(SkyringTestCase):
         self.assertIn("host", line)
 
     def test_port_in_use_and_bad_host_error_is_the_only_stderr_line(self):
-        # BUG (skyring binary): for `port in use` and a bad --host the node opens storage and
-        # recovers first, so stderr has an info log line before the error line, e.g.
-        #   2026-..T.. info recovered 0 waiting timers in 0 ms (storage rocksdb, node node-..)
-        #   skyring: error: cannot listen on 127.0.0.1:PORT: Address already in use
-        # (contract: exactly one line, `skyring: error: ...`). Reproduce:
-        #   python3 -m http.server 8123 & skyring run --port 8123 --data-dir /tmp/d
-        #   skyring run --host not-an-ip --port 0 --data-dir /tmp/d
+        # The node claims its address before it opens storage or recovers anything, so a port
+        # in use or a bad --host is the one and only stderr line, `skyring: error: ...`.
         s = socket.socket()
         s.bind(("127.0.0.1", 0))
         s.listen(1)
@@ -238,11 +233,9 @@ class ConfigTest(SkyringTestCase):
         n.stop()
 
     def test_listening_line_is_logged_at_every_log_level(self):
-        # BUG (skyring binary): with --log-level warn or error the `listening on HOST:PORT`
-        # line is filtered out like any info message, so with --port 0 the chosen port can
-        # not be learnt at all (SPEC section 1: "The node logs one line containing
-        # `listening` and the bound address"; --port 0 = "pick a free one and log it").
-        # Reproduce: skyring run --port 0 --data-dir /tmp/d --log-level warn  -> stderr empty.
+        # The `listening on HOST:PORT` line is written at every log level, warn and error
+        # included (SPEC section 1: "The node logs one line containing `listening` and the
+        # bound address"; with --port 0 it is the only way to learn the port).
         for level in ("warn", "error"):
             with self.subTest(level=level):
                 port, = self.ports(1)
@@ -301,7 +294,10 @@ class SignalTest(SkyringTestCase):
         n.stop(signal.SIGINT)
 
     def test_stop_with_open_idle_connections_is_prompt(self):
-        n = self.start_node()
+        # Idle connections are closed at the stop, not waited for: with an idle timeout and a
+        # shutdown timeout of 120 s, a stop that waited for them would miss the 30 s deadline
+        # of n.stop() by far.
+        n = self.start_node(["--idle-timeout", "120s", "--shutdown-timeout", "120s"])
         socks = []
         for _ in range(20):
             s = socket.create_connection(("127.0.0.1", n.port), timeout=10)
@@ -312,9 +308,7 @@ class SignalTest(SkyringTestCase):
         half.sendall(b"POST /timer HTTP/1.1\r\nHost: x\r\nContent-Le")
         socks.append(half)
         try:
-            t0 = time.monotonic()
-            n.stop(timeout=20)
-            self.assertLess(time.monotonic() - t0, 15)
+            n.stop(timeout=30)
         finally:
             for s in socks:
                 s.close()
@@ -344,13 +338,14 @@ class SignalTest(SkyringTestCase):
         rec = self.start_receiver()
         gate = threading.Event()
         rec.on("/stuck", gate=gate)
-        n = self.start_node(["--shutdown-timeout", "500ms", "--delivery-timeout", "60s"])
+        # The delivery would hold for 120 s (delivery timeout), far past n.stop()'s 30 s
+        # deadline; the log line shows the stop gave up after --shutdown-timeout.
+        n = self.start_node(["--shutdown-timeout", "500ms", "--delivery-timeout", "120s"])
         c = n.client()
         tid = self.assertCreated(c.create(timer_body(rec.url("/stuck"), timeout=10)))
         rec.wait_timer(tid)
-        t0 = time.monotonic()
         n.stop(timeout=30)
-        self.assertLess(time.monotonic() - t0, 20, "stop did not respect --shutdown-timeout")
+        self.assertIn("still in flight after 500 ms", n.log(), "stop did not use --shutdown-timeout")
         gate.set()  # later attempts are answered at once
         n.start()
         # The aborted attempt's outcome is unknown: the timer is still owed and delivered.
@@ -469,25 +464,34 @@ class RestartTest(SkyringTestCase):
         n.stop()
 
     def test_overdue_timers_delivered_at_once_after_restart(self):
+        # Due 3 s after create; the node stops right away. On a very slow machine a timer may
+        # still fire before the stop: it is then delivered once and never again, and only the
+        # others are overdue at the restart. None of them is delivered early or twice.
         rec = self.start_receiver()
         n = self.start_node()
         c = n.client()
         ids = {}
         for i in range(5):
-            tid = self.assertCreated(c.create(timer_body(rec.url("/overdue"), timeout=1500,
+            tid = self.assertCreated(c.create(timer_body(rec.url("/overdue"), timeout=3000,
                                                          data=str(i))))
             ids[tid] = c.timer(tid)["due"]
         n.stop()
-        time.sleep(2.0)  # all of them become due while the node is down
-        self.assertEqual(rec.for_path("/overdue"), [])
-        started = time.time()
+        before_stop = {r.timer_id for r in rec.for_path("/overdue")}
+        if len(before_stop) == len(ids):
+            self.skipTest("every timer fired before the node stopped (machine too slow)")
+        # All of them become due while the node is down.
+        wait_until(lambda: time.time() * 1000 > max(ids.values()) + 200, 15, interval=0.1,
+                   msg="due times passed")
         n.start()
-        got = rec.wait_path("/overdue", count=5, timeout=15)
+        c = n.client()
+        # "At once": the wait's deadline is the only time bound (a broken recovery never
+        # delivers them).
+        got = rec.wait_path("/overdue", count=len(ids), timeout=15)
         for r in got:
             self.assertGreaterEqual(r.time * 1000, ids[r.timer_id])
-            # "Immediately": generous bound for a loaded machine.
-            self.assertLess(r.time - started, 10.0)
-        self.assertEqual(len({r.timer_id for r in got}), 5)
+        self.assertEqual(sorted(r.timer_id for r in got), sorted(ids), "delivered twice")
+        for tid in ids:
+            wait_until(lambda: c.state(tid) == "succeeded", msg="%s succeeded" % tid)
         n.stop()
 
     def test_retry_state_survives_restart(self):
@@ -515,17 +519,20 @@ class RestartTest(SkyringTestCase):
         n.stop()
 
     def test_memory_storage_loses_timers(self):
+        # Due far away: the stop never races the delivery; 404 and an empty pending list after
+        # the restart prove the timer is gone.
         rec = self.start_receiver()
         n = self.start_node(storage="memory")
         c = n.client()
-        tid = self.assertCreated(c.create(timer_body(rec.url("/mem"), timeout=2000), timer_id="mem-1"))
+        tid = self.assertCreated(c.create(timer_body(rec.url("/mem"), timeout=3600_000),
+                                          timer_id="mem-1"))
         self.assertEqual(c.state(tid), "pending")
         n.stop()
         n.start()
         c = n.client()
         self.assertEqual(c.get("/timer/" + tid).status, 404)
+        self.assertEqual(c.get("/timer?state=pending").json()["timers"], [])
         self.assertEqual(c.get("/health").json()["status"], "ok")
-        time.sleep(2.5)
         self.assertEqual(rec.for_path("/mem"), [])
         n.stop()
 
@@ -565,12 +572,19 @@ class RetentionTest(SkyringTestCase):
         n.stop()
 
     def test_pending_timers_are_not_purged(self):
+        # State-based: a completed witness created after the pending timer is purged (so the
+        # purge ran past the retention of both), while the pending timer is still there and is
+        # delivered when replaced with a short timeout.
         rec = self.start_receiver()
         n = self.start_node(["--retention", "1s"])
         c = n.client()
-        tid = self.assertCreated(c.create(timer_body(rec.url("/p"), timeout=4000)))
-        time.sleep(2.5)
+        tid = self.assertCreated(c.create(timer_body(rec.url("/p"), timeout=3600_000)))
+        witness = self.assertCreated(c.create(timer_body(rec.url("/w"), timeout=10)))
+        wait_until(lambda: c.state(witness) == "succeeded", msg="witness delivered")
+        wait_until(lambda: c.get("/timer/" + witness).status == 404, 20, interval=0.1,
+                   msg="witness purged")
         self.assertEqual(c.state(tid), "pending")
+        self.assertEqual(c.put("/timer/" + tid, timer_body(rec.url("/p"), timeout=10)).status, 200)
         rec.wait_timer(tid, timeout=15)
         n.stop()
 
