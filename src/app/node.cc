@@ -47,8 +47,8 @@ Result<void> prepare_data_dir(const std::string& dir) {
   return {};
 }
 
-// RocksDB's max_open_files (storage/rocks_kv.cc) and what it keeps open besides tables: WAL,
-// MANIFEST, LOG, LOCK, directories.
+// RocksDB's max_open_files at most (RocksOptions; less when the descriptor plan gives storage
+// less) and what it keeps open besides tables: WAL, MANIFEST, LOG, LOCK, directories.
 constexpr size_t kRocksMaxOpenFiles = 512;
 constexpr size_t kRocksOtherFiles = 16;
 
@@ -153,7 +153,12 @@ int run_node(const Config& config) {
   bool durable = config.storage == "rocksdb";
   if (durable) {
     if (auto r = prepare_data_dir(config.data_dir); !r) return config_error(r.error().message);
-    auto opened = open_rocks_kv(config.data_dir, RocksOptions{});
+    RocksOptions ropts;
+    // RocksDB stays inside its share of the descriptor plan (tables + its other files).
+    ropts.max_open_files = fd_plan.storage > kRocksOtherFiles
+                               ? std::min(kRocksMaxOpenFiles, fd_plan.storage - kRocksOtherFiles)
+                               : kRocksOtherFiles;
+    auto opened = open_rocks_kv(config.data_dir, ropts);
     if (!opened) return config_error(opened.error().message);
     kv = std::move(*opened);
   } else {

@@ -1,32 +1,26 @@
 // `capacity`: K pending far-future timers on a fresh node, then
 // * RAM per timer: VmRSS after the creates minus VmRSS of the empty node, over K;
+// * listing: a walk through GET /timer?state=retrying (empty among the K) while /ping is timed
+//   on one connection, against a baseline without listing (list_walk.cc); measured after the
+//   RSS, which the walk's block reads would otherwise inflate;
 // * restart time after a graceful stop (SIGTERM, wait for exit 0) and after kill -9, on the same
 //   data dir and port: spawn -> "listening" in the log, spawn -> first GET /ping 200;
 // * the `skyring_timers_pending` gauge after each restart must equal the creates acknowledged
 //   (a lost timer is a correctness failure, not a speed miss).
-#include <charconv>
-
 #include <fmt/format.h>
 
 #include "base/clock.h"
 #include "bench/load_client.h"
+#include "bench/node_metrics.h"
 #include "bench/scenario.h"
 
 namespace skyring::bench {
 namespace {
 
 Result<int64_t> pending_gauge(uint16_t port) {
-  auto r = http_request(port, "GET", "/metrics", 5000);
-  if (!r) return tl::unexpected(r.error());
-  if (r->status != 200) return fail(Errc::kIo, fmt::format("GET /metrics: status {}", r->status));
-  std::string_view name = "skyring_timers_pending ";
-  size_t at = r->body.find(std::string("\n") + std::string(name));
-  if (at == std::string::npos) return fail(Errc::kIo, "GET /metrics: no skyring_timers_pending");
-  const char* p = r->body.data() + at + 1 + name.size();
-  int64_t v = 0;
-  auto [end, ec] = std::from_chars(p, r->body.data() + r->body.size(), v);
-  if (ec != std::errc()) return fail(Errc::kIo, "GET /metrics: bad skyring_timers_pending");
-  return v;
+  auto text = fetch_metrics(port, 5000);
+  if (!text) return tl::unexpected(text.error());
+  return metric_value(*text, "skyring_timers_pending");
 }
 
 // Restarts the node, records its timings and the pending count. False when the scenario cannot
@@ -128,6 +122,11 @@ bool run_capacity(const ScenarioContext& ctx) {
   }
   rep.must_be(sc, "pending before restart", static_cast<double>(*pending),
               static_cast<double>(created));
+  measure_list_walk(ctx, sc, node.port(), created);
+  if (!node.running()) {
+    rep.error(sc, "the node exited during the listing: " + node.log_tail(3));
+    return true;
+  }
   if (o.storage == "memory") {
     rep.note(sc, "restart", "skipped (--storage memory keeps nothing)");
     return true;

@@ -11,7 +11,8 @@
 
 namespace skyring::bench {
 
-Result<Target> open_target(const ScenarioContext& ctx, const char* scenario) {
+Result<Target> open_target(const ScenarioContext& ctx, const char* scenario,
+                           const std::vector<std::string>& node_args) {
   Target t;
   if (!ctx.options.url.empty()) {
     t.port = ctx.options.url_port;
@@ -23,8 +24,9 @@ Result<Target> open_target(const ScenarioContext& ctx, const char* scenario) {
     }
     return t;
   }
-  auto node = NodeProcess::create(
-      NodeSpec{ctx.options.skyring, ctx.options.storage, ctx.options.node_args});
+  std::vector<std::string> args = ctx.options.node_args;
+  args.insert(args.end(), node_args.begin(), node_args.end());
+  auto node = NodeProcess::create(NodeSpec{ctx.options.skyring, ctx.options.storage, args});
   if (!node) return tl::unexpected(node.error());
   auto started = (*node)->start(0, 60'000);
   if (!started) return tl::unexpected(started.error());

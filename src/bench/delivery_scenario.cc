@@ -11,6 +11,12 @@
 //    measures delivery throughput, a long one (lateness: --rate per second for --duration)
 //    measures lateness at a steady rate.
 // 3. Wait, bounded, until every acknowledged timer arrived, then a little longer for repeats.
+// 4. `delivery` only, after its rows are taken: the purge step (purge_pace.cc) on the same node,
+//    which runs with a short --retention (2 s). Records delivered early in the window become
+//    purgeable while later ones are still being delivered, so the purger's writes compete with
+//    delivery inside the measured window, as on a busy node (on 2 cores deliveries/s is lower
+//    for it; --node-arg=--retention=24h measures without it and skips the step). The step
+//    itself only polls /metrics after the receiver stopped.
 //
 // Lateness is receive time - due time: it includes the node's HTTP hop to the receiver.
 // Correctness: no receipt before its due time (early), no id twice (duplicates), every 201'd
@@ -35,6 +41,7 @@ struct DueSet {
   uint64_t count;
   int64_t window_ms;
   bool lateness_goals;  // lateness: p50/p99 goals; delivery: deliveries/s goal
+  bool purge_step;      // short retention on the node, then measure_purge_pace
 };
 
 void append_create(std::string& out, uint16_t port, std::string_view id_prefix, char kind,
@@ -64,7 +71,10 @@ bool run_due_set(const ScenarioContext& ctx, const DueSet& d) {
   const char* sc = d.scenario;
   const BenchOptions& o = ctx.options;
   Report& rep = ctx.report;
-  auto target = open_target(ctx, sc);
+  int64_t retention_ms = 0;
+  std::vector<std::string> node_args;
+  if (d.purge_step && o.url.empty()) retention_ms = purge_retention_ms(o, &node_args);
+  auto target = open_target(ctx, sc, node_args);
   if (!target) {
     rep.error(sc, target.error().message);
     return false;
@@ -243,6 +253,16 @@ bool run_due_set(const ScenarioContext& ctx, const DueSet& d) {
   } else if (cs->deadline_hit) {
     rep.error(sc, "creates did not finish in time");
   }
+
+  // 4. The purge step.
+  if (!d.purge_step) return true;
+  if (!o.url.empty()) {
+    rep.note(sc, "purge", "skipped (needs its own node, not --url)");
+  } else if (interrupted().load() || node_died || lateness_us.empty()) {
+    rep.note(sc, "purge", "skipped (no completed delivery phase)");
+  } else {
+    measure_purge_pace(ctx, sc, port, retention_ms, lateness_us.size() + rx.warm_unique(), last);
+  }
   return true;
 }
 
@@ -252,13 +272,13 @@ bool run_delivery(const ScenarioContext& ctx) {
   // 200,000 due per second: the node, not the due times, sets the pace.
   uint64_t n = ctx.options.timers;
   return run_due_set(
-      ctx, DueSet{"delivery", n, std::max<int64_t>(1, static_cast<int64_t>(n / 200)), false});
+      ctx, DueSet{"delivery", n, std::max<int64_t>(1, static_cast<int64_t>(n / 200)), false, true});
 }
 
 bool run_lateness(const ScenarioContext& ctx) {
   const BenchOptions& o = ctx.options;
   uint64_t n = std::max<uint64_t>(1, o.rate * static_cast<uint64_t>(o.duration_ms) / 1000);
-  return run_due_set(ctx, DueSet{"lateness", n, o.duration_ms, true});
+  return run_due_set(ctx, DueSet{"lateness", n, o.duration_ms, true, false});
 }
 
 }  // namespace skyring::bench

@@ -102,7 +102,8 @@ class LoadLoop {
   };
 
   bool may_issue(int64_t now) const {
-    return next_seq_ < o_.max_requests && now < o_.stop_issuing_us;
+    return next_seq_ < o_.max_requests && now < o_.stop_issuing_us &&
+           !(o_.stop != nullptr && o_.stop->load(std::memory_order_acquire));
   }
 
   void watch(size_t i, bool out) {

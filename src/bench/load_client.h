@@ -13,9 +13,11 @@
 // Limits
 // * Everything is bounded: `max_requests`, `stop_issuing_us` (no new request starts after it),
 //   `deadline_us` (in-flight requests are abandoned) and the reconnect budget. The loop also
-//   winds down when interrupted() is set.
+//   winds down when interrupted() is set, and stops issuing once `*stop` reads true (another
+//   thread may set it: the end of the load is then an event, not a time).
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -29,8 +31,9 @@ struct LoadOptions {
   uint16_t port = 0;  // on 127.0.0.1
   size_t connections = 64;
   uint64_t max_requests = UINT64_MAX;
-  int64_t stop_issuing_us = INT64_MAX;  // monotonic_us()
-  int64_t deadline_us = INT64_MAX;      // monotonic_us()
+  int64_t stop_issuing_us = INT64_MAX;      // monotonic_us()
+  int64_t deadline_us = INT64_MAX;          // monotonic_us()
+  const std::atomic<bool>* stop = nullptr;  // when set and true: no new request starts
 };
 
 struct Outcome {

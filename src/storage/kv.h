@@ -43,6 +43,9 @@ class FaultInjection;  // storage/fault_fs.h
 struct RocksOptions {
   size_t block_cache_mb = 64;
   size_t write_buffer_mb = 64;
+  // Table files RocksDB keeps open; it also holds a handful of others (WAL, MANIFEST, LOG,
+  // LOCK). The node sizes this from its descriptor plan.
+  size_t max_open_files = 512;
   // Tests only: every file operation goes through this simulated disk, which can lose power
   // and drop what was not synced (fault_fs.h). After its cut_power() the Kv's destructor
   // cannot flush: destroying the Kv then is a crash, not a clean close. Null in production.

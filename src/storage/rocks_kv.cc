@@ -6,6 +6,8 @@
 #include <rocksdb/table.h>
 #include <rocksdb/write_batch.h>
 
+#include <algorithm>
+
 #include <fmt/format.h>
 
 #include "storage/fault_fs.h"
@@ -100,7 +102,7 @@ Result<std::unique_ptr<Kv>> open_rocks_kv(const std::string& dir, const RocksOpt
   o.compression = rocksdb::kNoCompression;
   o.memtable_whole_key_filtering = true;
   o.memtable_prefix_bloom_size_ratio = 0.02;
-  o.max_open_files = 512;
+  o.max_open_files = static_cast<int>(std::max<size_t>(options.max_open_files, 16));
   o.keep_log_file_num = 3;
   rocksdb::BlockBasedTableOptions t;
   t.block_cache = rocksdb::NewLRUCache(options.block_cache_mb << 20);
