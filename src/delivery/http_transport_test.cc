@@ -413,10 +413,8 @@ TEST(HttpTransportTest, LargeBodyIsSentWithoutExpectContinue) {
   DeliveryJob job = make_job(server.url());
   job.data_kind = DataKind::kString;
   job.data = std::string(2 << 20, 'x');  // curl would ask for 100-continue above 1 MiB
-  const auto start = Clock::now();
   EXPECT_EQ(deliver_one(t, job).outcome, Outcome::kSuccess);
-  // A 100-continue wait would cost curl's 1 s expect timeout: the test server never sends 100.
-  EXPECT_LT(Clock::now() - start, milliseconds(900));
+  // No Expect header: a 100-continue wait (the test server never sends 100) cannot happen.
   Request req = server.only_request();
   EXPECT_EQ(req.body.size(), job.data.size());
   EXPECT_FALSE(req.header("Expect").has_value());
@@ -579,8 +577,7 @@ TEST(HttpTransportTest, SilentDestinationTimesOutAsRetryable) {
   EXPECT_EQ(r.outcome, Outcome::kRetryable);
   EXPECT_EQ(r.status, 0);
   EXPECT_EQ(r.detail, "Timeout was reached");
-  EXPECT_GE(elapsed, milliseconds(250));
-  EXPECT_LT(elapsed, milliseconds(5000));
+  EXPECT_GE(elapsed, milliseconds(250));  // one-sided: never before the timeout
   EXPECT_EQ(server.request_count(), 1u);
 }
 
@@ -615,7 +612,6 @@ TEST(HttpTransportTest, SlowDestinationDoesNotDelayAFastOne) {
   Results results;
   HttpTransport t;
   constexpr size_t kSlow = 4;
-  const auto start = Clock::now();
   for (size_t i = 0; i < kSlow; ++i) {
     DeliveryJob job = make_job(slow.url());
     job.timeout_ms = 3000;
@@ -626,8 +622,7 @@ TEST(HttpTransportTest, SlowDestinationDoesNotDelayAFastOne) {
   t.deliver(make_job(fast.url()), results.done(kSlow));
   ASSERT_TRUE(wait_until([&] { return results.has(kSlow); }));
   EXPECT_EQ(results.result(kSlow).outcome, Outcome::kSuccess);
-  EXPECT_LT(results.finished_at(kSlow) - start, milliseconds(2000));
-  EXPECT_EQ(results.size(), 1u);  // every slow one is still waiting
+  EXPECT_EQ(results.size(), 1u);  // every slow one is still waiting: the fast one passed them
   ASSERT_TRUE(results.wait_for(kSlow + 1));
   for (size_t i = 0; i < kSlow; ++i) {
     EXPECT_EQ(results.result(i).outcome, Outcome::kRetryable);
@@ -873,16 +868,17 @@ TEST(HttpTransportTest, TimeWaitingForAConnectionCountsAgainstTheTimeout) {
   options.max_connections_per_host = 1;
   Results results;
   HttpTransport t(options);
-  constexpr size_t kJobs = 5;
+  constexpr size_t kJobs = 10;
   const auto start = Clock::now();
   for (size_t i = 0; i < kJobs; ++i) {
     DeliveryJob job = make_job(server.url());
-    job.timeout_ms = 1000;
+    job.timeout_ms = 2000;
     t.deliver(std::move(job), results.done(i));
   }
   ASSERT_TRUE(results.wait_for(kJobs));
-  // One timeout for all of them, not one after another (which would take 5 s).
-  EXPECT_LT(Clock::now() - start, milliseconds(3500));
+  // One timeout for all of them, not one after another (which would take 20 s): the bound is
+  // half of that, far from what a loaded machine adds to a 2 s wait.
+  EXPECT_LT(Clock::now() - start, milliseconds(10'000));
   for (size_t i = 0; i < kJobs; ++i) {
     EXPECT_EQ(results.result(i).outcome, Outcome::kRetryable) << i;
     EXPECT_EQ(results.result(i).detail, "Timeout was reached") << i;
