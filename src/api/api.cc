@@ -321,9 +321,9 @@ ApiResponse Api::health() const {
   json::object o;
   o["status"] = !ok ? "unavailable" : quarantined > 0 ? "degraded" : "ok";
   o["node"] = options_.node_id;
-  o["storage"] = !ok ? engine_.failure()
-                     : quarantined > 0 ? fmt::format("{} corrupt record(s) quarantined", quarantined)
-                                       : std::string("ok");
+  o["storage"] = !ok               ? engine_.failure()
+                 : quarantined > 0 ? fmt::format("{} corrupt record(s) quarantined", quarantined)
+                                   : std::string("ok");
   o["quarantined"] = quarantined;
   o["pending"] = engine_.waiting();
   o["inflight"] = engine_.inflight();

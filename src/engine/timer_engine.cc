@@ -35,7 +35,6 @@ constexpr uint64_t kCounterLimit = 56'800'235'584ULL;  // 62^6
 constexpr size_t kGeneratedIdLength = kPrefixDigits + kCounterDigits;
 // Draws of an unused prefix before a create gives up (each draw is 48 random bits).
 constexpr int kPrefixDraws = 8;
-constexpr int64_t kReadErrorLogIntervalUs = 1'000'000;
 
 }  // namespace
 
@@ -134,8 +133,7 @@ Result<size_t> TimerEngine::recover() {
 // A pending index entry that does not decode: its record says what the timer is. A waiting
 // record gets its index entry back; a final one needs none; an unreadable one is moved aside
 // with the entry.
-void TimerEngine::repair_index_entry(std::string_view id, std::string_view raw,
-                                     KvBatch& repairs) {
+void TimerEngine::repair_index_entry(std::string_view id, std::string_view raw, KvBatch& repairs) {
   auto rec = store_.get(id);
   if (rec && *rec && awaits_attempt((*rec)->state)) {
     log::warn("timer {}: pending index entry is corrupt; rebuilt from its record", id);
@@ -471,7 +469,8 @@ void TimerEngine::list(State state, const std::string& cursor, size_t limit, Rep
       if (all.size() > limit) all.resize(limit);
       ids = std::move(all);
     } else if (awaits_attempt(state)) {
-      auto w = store_.list_waiting(state, cursor, limit, std::max<size_t>(options_.max_list_scan, 1));
+      auto w =
+          store_.list_waiting(state, cursor, limit, std::max<size_t>(options_.max_list_scan, 1));
       if (!w) return done(fail(Errc::kUnavailable, w.error().message));
       ids = std::move(w->ids);
       resume = std::move(w->resume_after);
@@ -521,15 +520,12 @@ void TimerEngine::tick() {
 
 void TimerEngine::retry_read_later(Slot* s, const Error& e) {
   if (probe_.read_errors) probe_.read_errors->inc();
-  read_retry_ms_ = read_retry_ms_ == 0
-                       ? options_.read_retry_min_ms
-                       : std::min(read_retry_ms_ * 2, options_.read_retry_max_ms);
+  read_retry_ms_ = read_retry_ms_ == 0 ? options_.read_retry_min_ms
+                                       : std::min(read_retry_ms_ * 2, options_.read_retry_max_ms);
   int64_t now = clock_.now_us();
-  int64_t mono = monotonic_us();
-  if (mono - read_error_logged_us_ >= kReadErrorLogIntervalUs) {
-    read_error_logged_us_ = mono;
-    log::warn("timer {}: record read failed ({}); retrying in {} ms", *s->id, e.message,
-              read_retry_ms_);
+  if (uint64_t dropped = 0; read_error_log_.allow(&dropped)) {
+    log::warn("timer {}: record read failed ({}); retrying in {} ms{}", *s->id, e.message,
+              read_retry_ms_, log::Limiter::note(dropped));
   }
   // Later, never earlier: the timer stays owed exactly as stored.
   s->next_us = std::max(s->next_us, now + read_retry_ms_ * 1000);

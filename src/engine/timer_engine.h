@@ -53,6 +53,7 @@
 
 #include "base/clock.h"
 #include "base/executor.h"
+#include "base/log.h"
 #include "base/metrics.h"
 #include "base/result.h"
 #include "delivery/transport.h"
@@ -69,10 +70,10 @@ struct EngineOptions {
   size_t max_unsettled = 200'000;             // changes accepted but not yet durable
   int64_t retention_us = 24LL * 3600 * 1'000'000;
   int64_t delivery_timeout_ms = 10'000;
-  size_t max_list = 1000;        // page size limit for list()
-  size_t max_list_scan = 4096;   // pending-index entries visited per list() of a waiting state
-  int64_t read_retry_min_ms = 100;     // first retry of a due timer whose record read failed
-  int64_t read_retry_max_ms = 10'000;  // ... doubling up to this
+  size_t max_list = 1000;           // page size limit for list()
+  size_t max_list_scan = 4096;      // pending-index entries visited per list() of a waiting state
+  int64_t read_retry_min_ms = 100;  // first retry of a due timer whose record read failed
+  int64_t read_retry_max_ms = 10'000;   // ... doubling up to this
   size_t max_quarantined_ids = 10'000;  // quarantined ids remembered in memory
   // Records of timers due within near_window_us of their create/replace stay in memory (at most
   // max_near_records), so their attempt needs no storage read.
@@ -238,7 +239,7 @@ class TimerEngine {
   std::unordered_set<std::string> quarantined_ids_;  // bounded by max_quarantined_ids
   size_t quarantined_total_ = 0;
   int64_t read_retry_ms_ = 0;  // current backoff for failing record reads (0: none failing)
-  int64_t read_error_logged_us_ = INT64_MIN;
+  log::Limiter read_error_log_;
 
   uint64_t submitted_seq_ = 0;
   uint64_t durable_seq_ = 0;

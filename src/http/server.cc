@@ -26,34 +26,6 @@ constexpr auto kTuple = asio::as_tuple(asio::use_awaitable);
 
 namespace {
 
-// Lets one line through per period; the next line that passes says how many were dropped.
-class LogLimiter {
- public:
-  // True if a line may be written now; *dropped is the number held back since the last one.
-  bool allow(uint64_t* dropped) {
-    int64_t now = monotonic_us();
-    if (logged_ && now - last_us_ < kPeriodUs) {
-      ++dropped_;
-      return false;
-    }
-    logged_ = true;
-    last_us_ = now;
-    *dropped = dropped_;
-    dropped_ = 0;
-    return true;
-  }
-
- private:
-  static constexpr int64_t kPeriodUs = 1'000'000;
-  bool logged_ = false;
-  int64_t last_us_ = 0;
-  uint64_t dropped_ = 0;
-};
-
-std::string dropped_note(uint64_t dropped) {
-  return dropped == 0 ? std::string() : fmt::format(" ({} more not logged)", dropped);
-}
-
 enum class AcceptFailure {
   kConnection,  // one connection failed (reset before it was accepted): take the next one
   kResources,   // out of descriptors or kernel memory: retrying at once cannot succeed
@@ -198,10 +170,10 @@ struct HttpServer::Impl : std::enable_shared_from_this<HttpServer::Impl> {
     uint64_t dropped = 0;
     if (accept_log.allow(&dropped)) {
       if (kind == AcceptFailure::kConnection) {
-        log::warn("accept failed: {}{}", ec.message(), dropped_note(dropped));
+        log::warn("accept failed: {}{}", ec.message(), log::Limiter::note(dropped));
       } else {
         log::warn("accept failed: {}; not accepting for {} ms{}", ec.message(),
-                  options.accept_pause_ms, dropped_note(dropped));
+                  options.accept_pause_ms, log::Limiter::note(dropped));
       }
     }
     if (kind == AcceptFailure::kConnection) co_return true;
@@ -220,9 +192,10 @@ struct HttpServer::Impl : std::enable_shared_from_this<HttpServer::Impl> {
     try {
       std::rethrow_exception(e);
     } catch (const std::exception& x) {
-      log::error("HTTP connection ended by an exception: {}{}", x.what(), dropped_note(dropped));
+      log::error("HTTP connection ended by an exception: {}{}", x.what(),
+                 log::Limiter::note(dropped));
     } catch (...) {
-      log::error("HTTP connection ended by an exception{}", dropped_note(dropped));
+      log::error("HTTP connection ended by an exception{}", log::Limiter::note(dropped));
     }
   }
 
@@ -419,8 +392,8 @@ struct HttpServer::Impl : std::enable_shared_from_this<HttpServer::Impl> {
   std::list<Conn> conns;
   bool stopping = false;
   size_t body_in_use = 0;  // bytes reserved by BodyReservations
-  LogLimiter accept_log;
-  LogLimiter session_log;
+  log::Limiter accept_log;
+  log::Limiter session_log;
   // Rejected bodies are read into one shared buffer and dropped (one thread; never read).
   std::array<char, 64 * 1024> drain_sink{};
   Counter& accepted;

@@ -5,12 +5,6 @@
 #include "base/log.h"
 
 namespace skyring {
-namespace {
-
-constexpr int64_t kErrorLogIntervalUs = 60'000'000;
-
-}  // namespace
-
 PurgerProbe PurgerProbe::make(Registry& r) {
   PurgerProbe p;
   p.purged = &r.counter("skyring_timers_purged_total", "Final records purged after retention");
@@ -80,10 +74,9 @@ void RetentionPurger::run() {
     if (!n) {
       if (probe_.errors) probe_.errors->inc();
       cursor_.reset();
-      int64_t mono = monotonic_us();
-      if (mono - last_error_log_us_ >= kErrorLogIntervalUs) {
-        last_error_log_us_ = mono;
-        log::warn("retention purge failed (will retry): {}", n.error().message);
+      if (uint64_t dropped = 0; error_log_.allow(&dropped)) {
+        log::warn("retention purge failed (will retry): {}{}", n.error().message,
+                  log::Limiter::note(dropped));
       }
     }
     std::unique_lock lock(mu_);

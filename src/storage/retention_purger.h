@@ -36,6 +36,7 @@
 #include <thread>
 
 #include "base/clock.h"
+#include "base/log.h"
 #include "base/metrics.h"
 #include "base/result.h"
 #include "storage/timer_store.h"
@@ -43,9 +44,9 @@
 namespace skyring {
 
 struct PurgerOptions {
-  size_t batch = 10'000;        // records deleted per write
-  int64_t period_ms = 500;      // sleep when caught up
-  int64_t rescan_ms = 60'000;   // drop the cursor this often
+  size_t batch = 10'000;       // records deleted per write
+  int64_t period_ms = 500;     // sleep when caught up
+  int64_t rescan_ms = 60'000;  // drop the cursor this often
 };
 
 struct PurgerProbe {
@@ -79,7 +80,7 @@ class RetentionPurger {
   PurgerProbe probe_;
   std::optional<TimerStore::Expired> cursor_;
   int64_t cursor_since_us_ = 0;  // monotonic
-  int64_t last_error_log_us_ = INT64_MIN;
+  log::Limiter error_log_{60'000'000};
   std::atomic<int64_t> lag_us_{0};
   std::mutex mu_;
   std::condition_variable cv_;

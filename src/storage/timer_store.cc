@@ -212,7 +212,8 @@ Result<std::optional<std::string>> TimerStore::raw_record(std::string_view id) {
 }
 
 Result<void> TimerStore::scan_quarantined(const std::function<bool(std::string_view id)>& fn) {
-  return kv_.scan("q/", "q0", [&](std::string_view k, std::string_view) { return fn(k.substr(2)); });
+  return kv_.scan("q/", "q0",
+                  [&](std::string_view k, std::string_view) { return fn(k.substr(2)); });
 }
 
 Result<bool> TimerStore::has_id_with_prefix(std::string_view prefix) {
