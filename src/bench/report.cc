@@ -13,13 +13,20 @@
 namespace skyring::bench {
 namespace {
 
+// 1234567.5 -> "1,234,567.5". Built front to back into a new string: no in-place insert.
 std::string with_commas(double v, int decimals) {
   std::string s = fmt::format("{:.{}f}", v, decimals);
-  size_t dot = s.find('.');
-  size_t int_end = dot == std::string::npos ? s.size() : dot;
-  size_t start = (s[0] == '-') ? 1 : 0;
-  for (size_t i = int_end; i > start + 3; i -= 3) s.insert(i - 3, ",");
-  return s;
+  size_t start = (!s.empty() && s[0] == '-') ? 1 : 0;
+  size_t int_end = std::min(s.find('.'), s.size());
+  std::string out;
+  out.reserve(s.size() + (int_end - start) / 3);
+  out.append(s, 0, start);
+  for (size_t i = start; i < int_end; ++i) {
+    if (i > start && (int_end - i) % 3 == 0) out += ',';
+    out += s[i];
+  }
+  out.append(s, int_end, std::string::npos);
+  return out;
 }
 
 std::string format_value(const Row& r) {

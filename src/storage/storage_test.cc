@@ -762,7 +762,7 @@ TEST_F(GroupCommitterTest, CompletionsRunOnTheExecutor) {
 
 TEST_F(GroupCommitterTest, CompletionsInSubmitOrder) {
   GroupCommitter c(kv_, executor_, CommitterOptions{});
-  for (int i = 0; i < 200; ++i) submit_ok(c, {put("k" + std::to_string(i), "v")}, i);
+  for (int i = 0; i < 200; ++i) submit_ok(c, {put(fmt::format("k{}", i), "v")}, i);
   ASSERT_TRUE(wait_done(200));
   std::vector<int> expected(200);
   for (int i = 0; i < 200; ++i) expected[i] = i;
@@ -778,7 +778,7 @@ TEST_F(GroupCommitterTest, BatchesWhatQueuesDuringAWrite) {
   GroupCommitter c(kv_, executor_, CommitterOptions{}, CommitterProbe{nullptr, &group_size});
   submit_ok(c, {put("first", "1")}, 0);
   ASSERT_TRUE(kv_.wait_entered());
-  for (int i = 1; i <= 50; ++i) submit_ok(c, {put("k" + std::to_string(i), "v"), del("none")}, i);
+  for (int i = 1; i <= 50; ++i) submit_ok(c, {put(fmt::format("k{}", i), "v"), del("none")}, i);
   kv_.release();
   ASSERT_TRUE(wait_done(51));
   // The 50 batches queued while the first write ran went out as one write.
@@ -797,7 +797,7 @@ TEST_F(GroupCommitterTest, GroupsAreBoundedByMaxGroupOps) {
   GroupCommitter c(kv_, executor_, o);
   submit_ok(c, {put("first", "1")}, 0);
   ASSERT_TRUE(kv_.wait_entered());
-  for (int i = 1; i <= 34; ++i) submit_ok(c, {put("k" + std::to_string(i), "v")}, i);
+  for (int i = 1; i <= 34; ++i) submit_ok(c, {put(fmt::format("k{}", i), "v")}, i);
   submit_ok(c, KvBatch(25, put("big", "v")), 35);  // larger than a group: goes alone
   kv_.release();
   ASSERT_TRUE(wait_done(36));
@@ -894,7 +894,7 @@ TEST_F(GroupCommitterTest, FailedWriteFailsTheGroupAndSticks) {
   GroupCommitter c(kv_, executor_, CommitterOptions{});
   submit_ok(c, {put("ok", "1")}, 0);
   ASSERT_TRUE(kv_.wait_entered());
-  for (int i = 1; i <= 3; ++i) submit_ok(c, {put("k" + std::to_string(i), "v")}, i);
+  for (int i = 1; i <= 3; ++i) submit_ok(c, {put(fmt::format("k{}", i), "v")}, i);
   kv_.release();
   ASSERT_TRUE(wait_done(4));
   EXPECT_TRUE(results_[0].has_value());
@@ -941,7 +941,7 @@ TEST_F(GroupCommitterTest, StopWritesWhatIsQueued) {
   GroupCommitter c(kv_, executor_, CommitterOptions{});
   submit_ok(c, {put("k0", "v")}, 0);
   ASSERT_TRUE(kv_.wait_entered());
-  for (int i = 1; i <= 5; ++i) submit_ok(c, {put("k" + std::to_string(i), "v")}, i);
+  for (int i = 1; i <= 5; ++i) submit_ok(c, {put(fmt::format("k{}", i), "v")}, i);
   std::thread stopper([&] { c.stop(); });
   // stop() waits for the queue; whether it or release() comes first does not matter.
   kv_.release();
@@ -960,7 +960,7 @@ TEST_F(GroupCommitterTest, StopWritesWhatIsQueued) {
 
 TEST_F(GroupCommitterTest, StopRightAfterSubmitStillWrites) {
   GroupCommitter c(kv_, executor_, CommitterOptions{});
-  for (int i = 0; i < 20; ++i) submit_ok(c, {put("k" + std::to_string(i), "v")}, i);
+  for (int i = 0; i < 20; ++i) submit_ok(c, {put(fmt::format("k{}", i), "v")}, i);
   c.stop();
   EXPECT_EQ(keys(*mem_, "k", "l").size(), 20u);
   executor_.run_all();
