@@ -8,6 +8,8 @@
 #include <vector>
 
 #include "api/api.h"
+
+#include <boost/json.hpp>
 #include "base/clock.h"
 #include "base/executor.h"
 #include "base/manual_executor.h"
@@ -502,6 +504,17 @@ TEST_F(ApiTest, CorruptRecordIs500AndHealthDegraded) {
   EXPECT_TRUE(contains(h.body, R"("quarantined":1)")) << h.body;
   // The node keeps working.
   create("good");
+}
+
+// An error message that quotes client bytes which are not UTF-8 (a path, a method) still
+// gives a valid JSON body: such bytes become U+FFFD (found by the http_request fuzzer).
+TEST_F(ApiTest, ErrorBodyIsValidJsonForBytesThatAreNotUtf8) {
+  ApiResponse r = call("GET", "/no\xff\xc3(");
+  EXPECT_EQ(r.status, 404);
+  boost::system::error_code ec;
+  boost::json::value v = boost::json::parse(r.body, ec);
+  ASSERT_FALSE(ec) << r.body;
+  EXPECT_TRUE(contains(v.at("error").as_string(), "/no\xef\xbf\xbd\xef\xbf\xbd(")) << r.body;
 }
 
 TEST_F(ApiTest, Metrics) {
