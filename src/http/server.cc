@@ -14,6 +14,7 @@
 #include "base/clock.h"
 #include "base/log.h"
 #include "base/version.h"
+#include "http/api_request.h"
 #include "http/io_loop_impl.h"
 
 namespace skyring {
@@ -119,7 +120,7 @@ struct HttpServer::Impl : std::enable_shared_from_this<HttpServer::Impl> {
     size_t bytes_ = 0;
   };
 
-  using Parser = http::request_parser<http::string_body>;
+  using Parser = HttpRequestParser;
 
   Impl(IoLoop& l, HttpServerOptions o, HttpHandler h, Registry& m)
       : loop(l),
@@ -337,12 +338,7 @@ struct HttpServer::Impl : std::enable_shared_from_this<HttpServer::Impl> {
   // connection is to be closed.
   asio::awaitable<bool> answer(Conn& conn, const http::request<http::string_body>& req) {
     conn.deadline_us = 0;  // the answer may wait for storage; no timeout while we owe one
-    ApiRequest areq;
-    areq.method = std::string_view(req.method_string().data(), req.method_string().size());
-    areq.target = std::string_view(req.target().data(), req.target().size());
-    auto tid = req["x-timer-id"];
-    areq.timer_id = std::string_view(tid.data(), tid.size());
-    areq.body = req.body();
+    ApiRequest areq = to_api_request(req);
     // A handler that throws (it must not: errors are values) resumes this coroutine with the
     // exception, so it unwinds the session (ConnEntry, BodyReservation) instead of escaping
     // through the io_context and stopping the node.
@@ -373,8 +369,7 @@ struct HttpServer::Impl : std::enable_shared_from_this<HttpServer::Impl> {
     beast::flat_buffer buffer;
     while (!stopping) {
       Parser parser;
-      parser.header_limit(static_cast<std::uint32_t>(options.max_header_bytes));
-      parser.body_limit(options.max_body_bytes);
+      limit_request_parser(parser, options.max_header_bytes, options.max_body_bytes);
       BodyReservation body;
       if (!co_await read_request(entry.conn(), buffer, parser, body)) break;
       if (!co_await answer(entry.conn(), parser.get())) break;

@@ -30,6 +30,8 @@
 #include "delivery/http_transport.h"
 #include "engine/engine_fakes.h"
 #include "engine/timer_engine.h"
+#include "http/api_request.h"
+#include "http/server.h"
 #include "storage/kv.h"
 #include "storage/timer_store.h"
 
@@ -39,9 +41,6 @@ namespace beast = boost::beast;
 namespace http = beast::http;
 using namespace skyring;
 
-// As HttpServerOptions' defaults (http/server.h); the fuzz target does not link the server.
-constexpr size_t kMaxHeaderBytes = 8 * 1024;
-constexpr size_t kMaxBodyBytes = 1024 * 1024;
 constexpr int kMaxRequests = 32;         // per input: keeps one run short
 constexpr int64_t kStepUs = 61'000'000;  // the clock moves this much after each request
 constexpr int kMaxSettleRounds = 1000;   // a node that does not settle by then is a bug
@@ -182,8 +181,8 @@ struct Node {
 // Parses one request from the front of `rest` as the server would; consumes what it used.
 // False when the connection would be closed without a request to hand to the Api.
 bool parse_one(std::string_view* rest, http::request_parser<http::string_body>* parser) {
-  parser->header_limit(static_cast<std::uint32_t>(kMaxHeaderBytes));
-  parser->body_limit(kMaxBodyBytes);
+  HttpServerOptions server;  // the server's defaults
+  limit_request_parser(*parser, server.max_header_bytes, server.max_body_bytes);
   parser->eager(true);
   beast::error_code ec;
   while (!parser->is_done()) {
@@ -216,13 +215,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       http::request_parser<http::string_body> parser;
       if (!parse_one(&rest, &parser)) break;
       auto& req = parser.get();
-      // Exactly the server's mapping (http/server.cc, session()).
-      ApiRequest areq;
-      areq.method = std::string_view(req.method_string().data(), req.method_string().size());
-      areq.target = std::string_view(req.target().data(), req.target().size());
-      auto tid = req["x-timer-id"];
-      areq.timer_id = std::string_view(tid.data(), tid.size());
-      areq.body = req.body();
+      ApiRequest areq = to_api_request(req);  // the server's own mapping
       int answers = 0;
       node.api->handle(areq, [&](ApiResponse r) {
         ++answers;
