@@ -28,6 +28,7 @@
 #include "storage/fault_fs.h"
 #include "storage/group_committer.h"
 #include "storage/kv.h"
+#include "storage/temp_dir_for_tests.h"
 #include "storage/timer_store.h"
 
 namespace skyring {
@@ -35,24 +36,7 @@ namespace {
 
 using namespace std::chrono_literals;
 
-// A fresh directory under /tmp, removed with everything in it when the object goes.
-class TempDir {
- public:
-  TempDir() {
-    char tmpl[] = "/tmp/skyring-durability-test-XXXXXX";
-    char* p = mkdtemp(tmpl);
-    EXPECT_NE(p, nullptr);
-    path_ = p ? p : "";
-  }
-  ~TempDir() {
-    std::error_code ec;
-    if (!path_.empty()) std::filesystem::remove_all(path_, ec);
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
+using testing::TempDir;
 
 KvOp put(std::string k, std::string v) {
   return KvOp{KvOp::Kind::kPut, std::move(k), std::move(v)};

@@ -27,6 +27,7 @@
 #include "storage/group_committer.h"
 #include "storage/kv.h"
 #include "storage/retention_purger.h"
+#include "storage/temp_dir_for_tests.h"
 #include "storage/timer_store.h"
 
 namespace skyring {
@@ -41,24 +42,7 @@ KvOp del(std::string k) {
   return KvOp{KvOp::Kind::kDelete, std::move(k), {}};
 }
 
-// A fresh directory under /tmp, removed with everything in it when the object goes.
-class TempDir {
- public:
-  TempDir() {
-    char tmpl[] = "/tmp/skyring-storage-test-XXXXXX";
-    char* p = mkdtemp(tmpl);
-    EXPECT_NE(p, nullptr);
-    path_ = p ? p : "";
-  }
-  ~TempDir() {
-    std::error_code ec;
-    if (!path_.empty()) std::filesystem::remove_all(path_, ec);
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
+using testing::TempDir;
 
 std::optional<std::string> get(Kv& kv, std::string_view key) {
   auto r = kv.get(key);
