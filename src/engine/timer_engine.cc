@@ -95,18 +95,10 @@ Result<void> TimerEngine::new_id_prefix() {
 }
 
 Result<size_t> TimerEngine::recover() {
-  size_t n = 0;
   std::vector<std::pair<std::string, std::string>> corrupt;  // id, raw index value
   auto r = store_.scan_waiting(
       [&](const PendingEntry& e) {
-        auto [it, inserted] = slots_.try_emplace(std::string(e.id));
-        SKYRING_ASSERT(inserted, "pending index lists an id twice");
-        Slot& s = it->second;
-        s.id = &it->first;
-        s.next_us = e.next_us;
-        s.state = e.state;
-        heap_.append_unordered(&s);
-        ++n;
+        load_slot(e.id, e.next_us, e.state);
         return true;
       },
       [&](std::string_view id, std::string_view raw) { corrupt.emplace_back(id, raw); });
@@ -121,13 +113,22 @@ Result<size_t> TimerEngine::recover() {
   if (!repairs.empty()) {
     if (auto w = store_.write_now(repairs, /*sync=*/true); !w) return tl::unexpected(w.error());
   }
-  n = slots_.size();
   heap_.heapify();
   if (probe_.pending) probe_.pending->set(static_cast<int64_t>(slots_.size()));
   if (probe_.quarantined_records)
     probe_.quarantined_records->set(static_cast<int64_t>(quarantined_total_));
   arm();
-  return n;
+  return slots_.size();
+}
+
+void TimerEngine::load_slot(std::string_view id, int64_t next_us, State state) {
+  auto [it, inserted] = slots_.try_emplace(std::string(id));
+  SKYRING_ASSERT(inserted, "the pending index lists an id twice");
+  Slot& s = it->second;
+  s.id = &it->first;
+  s.next_us = next_us;
+  s.state = state;
+  heap_.append_unordered(&s);
 }
 
 // A pending index entry that does not decode: its record says what the timer is. A waiting
@@ -138,29 +139,29 @@ void TimerEngine::repair_index_entry(std::string_view id, std::string_view raw, 
   if (rec && *rec && awaits_attempt((*rec)->state)) {
     log::warn("timer {}: pending index entry is corrupt; rebuilt from its record", id);
     TimerStore::put_waiting(repairs, **rec);
-    auto [it, inserted] = slots_.try_emplace(std::string(id));
-    SKYRING_ASSERT(inserted, "a corrupt index entry was also a valid one");
-    Slot& s = it->second;
-    s.id = &it->first;
-    s.next_us = (*rec)->next_us;
-    s.state = (*rec)->state;
-    heap_.append_unordered(&s);
+    load_slot(id, (*rec)->next_us, (*rec)->state);
     return;
   }
   if (rec && *rec) {
     log::warn("timer {}: stale pending index entry of a final record removed", id);
-    repairs.push_back({KvOp::Kind::kDelete, "p/" + std::string(id), {}});
+    TimerStore::drop_pending_entry(repairs, id);
     return;
   }
   log::error("timer {}: pending index entry and record are unreadable; quarantined", id);
   TimerStore::quarantine(repairs, id, 'p', raw);
-  remember_quarantined(id);
-  if (probe_.quarantined) probe_.quarantined->inc();
+  note_quarantined(id);
 }
 
 void TimerEngine::remember_quarantined(std::string_view id) {
   ++quarantined_total_;
   if (quarantined_ids_.size() < options_.max_quarantined_ids) quarantined_ids_.emplace(id);
+}
+
+void TimerEngine::note_quarantined(std::string_view id) {
+  remember_quarantined(id);
+  if (probe_.quarantined) probe_.quarantined->inc();
+  if (probe_.quarantined_records)
+    probe_.quarantined_records->set(static_cast<int64_t>(quarantined_total_));
 }
 
 Result<void> TimerEngine::admit() const {
@@ -205,8 +206,14 @@ Result<TimerEngine::Lookup> TimerEngine::lookup(const std::string& id) {
 
 uint64_t TimerEngine::submit(KvBatch batch, TimerRecord record,
                              std::function<void(Result<void>)> done) {
-  uint64_t seq = ++submitted_seq_;
   std::string id = record.id;
+  return submit_change(std::move(batch), std::move(id), std::move(record), std::move(done));
+}
+
+uint64_t TimerEngine::submit_change(KvBatch batch, std::string id,
+                                    std::optional<TimerRecord> record,
+                                    std::function<void(Result<void>)> done) {
+  uint64_t seq = ++submitted_seq_;
   unsettled_[id] = Unsettled{std::move(record), seq};
   auto on_done = [this, seq, id = std::move(id), done = std::move(done)](Result<void> r) {
     if (auto u = unsettled_.find(id); u != unsettled_.end() && u->second.seq == seq) {
@@ -232,34 +239,14 @@ Result<void> TimerEngine::not_quarantined(const std::string& id) const {
   return {};
 }
 
-uint64_t TimerEngine::submit_erase(KvBatch batch, const std::string& id) {
-  uint64_t seq = ++submitted_seq_;
-  unsettled_[id] = Unsettled{std::nullopt, seq};
-  auto on_done = [this, seq, id](Result<void> r) {
-    if (auto u = unsettled_.find(id); u != unsettled_.end() && u->second.seq == seq) {
-      unsettled_.erase(u);
-    }
-    on_committed(seq, r);
-  };
-  if (auto s = committer_.submit(std::move(batch), on_done); !s) {
-    SKYRING_ASSERT(s.error().code != Errc::kOverloaded,
-                   "committer queue is smaller than the engine's admission bound");
-    executor_.post([on_done, err = s.error()]() mutable { on_done(tl::unexpected(err)); });
-  }
-  return seq;
-}
-
 void TimerEngine::quarantine(const std::string& id, char source, std::string_view raw) {
   log::error("timer {}: stored record failed its checksum; moved to quarantine (q/{})", id, id);
   KvBatch b;
   TimerStore::quarantine(b, id, source, raw);
   if (slots_.count(id) != 0) erase_slot(id);
   near_.erase(id);
-  submit_erase(std::move(b), id);
-  remember_quarantined(id);
-  if (probe_.quarantined) probe_.quarantined->inc();
-  if (probe_.quarantined_records)
-    probe_.quarantined_records->set(static_cast<int64_t>(quarantined_total_));
+  submit_change(std::move(b), id, std::nullopt, nullptr);  // a read now finds nothing
+  note_quarantined(id);
 }
 
 void TimerEngine::on_committed(uint64_t seq, const Result<void>& r) {

@@ -187,9 +187,13 @@ class TimerEngine {
   Result<Lookup> lookup(const std::string& id);
   Result<void> not_quarantined(const std::string& id) const;
   uint64_t submit(KvBatch batch, TimerRecord record, std::function<void(Result<void>)> done);
-  uint64_t submit_erase(KvBatch batch, const std::string& id);
+  // A change to `id`: record is its new state (nullopt: gone) until the commit is durable.
+  uint64_t submit_change(KvBatch batch, std::string id, std::optional<TimerRecord> record,
+                         std::function<void(Result<void>)> done);
   void quarantine(const std::string& id, char source, std::string_view raw);
-  void remember_quarantined(std::string_view id);
+  void remember_quarantined(std::string_view id);  // one found in storage
+  void note_quarantined(std::string_view id);      // ... and newly moved aside: counted
+  void load_slot(std::string_view id, int64_t next_us, State state);  // recovery
   void repair_index_entry(std::string_view id, std::string_view raw, KvBatch& repairs);
   void retry_read_later(Slot* s, const Error& e);
   void after_durable(uint64_t seq, std::function<void()> fn);

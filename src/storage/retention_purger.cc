@@ -47,13 +47,10 @@ Result<size_t> RetentionPurger::run_once() {
   if (!expired) return tl::unexpected(expired.error());
   if (expired->empty()) {
     // Caught up: only a rescan from the start can still find anything (a stepped clock).
-    lag_us_.store(0, std::memory_order_relaxed);
-    if (probe_.lag_ms) probe_.lag_ms->set(0);
+    set_lag(0);
     return size_t{0};
   }
-  int64_t lag = std::max<int64_t>(0, now - expired->front().purge_at_us);
-  lag_us_.store(lag, std::memory_order_relaxed);
-  if (probe_.lag_ms) probe_.lag_ms->set(lag / 1000);
+  set_lag(std::max<int64_t>(0, now - expired->front().purge_at_us));
   KvBatch b;
   b.reserve(expired->size() * 3);
   for (const auto& e : *expired) TimerStore::purge(b, e.id, e.state, e.purge_at_us);
@@ -61,11 +58,13 @@ Result<size_t> RetentionPurger::run_once() {
   if (!cursor_) cursor_since_us_ = mono;
   cursor_ = expired->back();
   if (probe_.purged) probe_.purged->inc(expired->size());
-  if (expired->size() < options_.batch) {
-    lag_us_.store(0, std::memory_order_relaxed);
-    if (probe_.lag_ms) probe_.lag_ms->set(0);
-  }
+  if (expired->size() < options_.batch) set_lag(0);  // everything expired is gone
   return expired->size();
+}
+
+void RetentionPurger::set_lag(int64_t us) {
+  lag_us_.store(us, std::memory_order_relaxed);
+  if (probe_.lag_ms) probe_.lag_ms->set(us / 1000);
 }
 
 void RetentionPurger::run() {

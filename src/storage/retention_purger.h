@@ -73,6 +73,7 @@ class RetentionPurger {
 
  private:
   void run();
+  void set_lag(int64_t us);
 
   TimerStore& store_;
   const Clock& clock_;

@@ -118,6 +118,10 @@ void TimerStore::put_final(KvBatch& b, const TimerRecord& r, int64_t purge_at_us
   b.push_back({KvOp::Kind::kPut, key_e(purge_at_us, r.state, r.id), {}});
 }
 
+void TimerStore::drop_pending_entry(KvBatch& b, std::string_view id) {
+  b.push_back({KvOp::Kind::kDelete, key_p(id), {}});
+}
+
 void TimerStore::purge(KvBatch& b, std::string_view id, State state, int64_t purge_at_us) {
   b.push_back({KvOp::Kind::kDelete, key_t(id), {}});
   b.push_back({KvOp::Kind::kDelete, key_s(state, id), {}});

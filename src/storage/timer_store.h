@@ -49,6 +49,8 @@ class TimerStore {
   static void put_waiting(KvBatch& b, const TimerRecord& r);
   // A final record; removes the pending index, adds the listing and purge entries.
   static void put_final(KvBatch& b, const TimerRecord& r, int64_t purge_at_us);
+  // Removes the pending index entry of `id` alone (a stale one, found at recovery).
+  static void drop_pending_entry(KvBatch& b, std::string_view id);
   // Removes a final record and its index entries (retention expired).
   static void purge(KvBatch& b, std::string_view id, State state, int64_t purge_at_us);
 
