@@ -45,18 +45,22 @@ std::string pending_value(const TimerRecord& r) {
   return v;
 }
 
-// Keys strictly after prefix+cursor and still under prefix.
-Result<std::vector<std::string>> list_ids(Kv& kv, const std::string& prefix,
-                                          std::string_view cursor, size_t limit,
-                                          const std::function<bool(std::string_view)>& keep) {
-  std::vector<std::string> ids;
-  std::string start = prefix;
+// Where a scan of prefix+<id> resumes: the first key strictly after prefix+cursor.
+std::string scan_start(std::string_view prefix, std::string_view cursor) {
+  std::string start(prefix);
   start.append(cursor);
   if (!cursor.empty()) start.push_back('\0');
+  return start;
+}
+
+// The ids of keys strictly after prefix+cursor and still under prefix, at most `limit`.
+Result<std::vector<std::string>> list_ids(Kv& kv, const std::string& prefix,
+                                          std::string_view cursor, size_t limit) {
+  std::vector<std::string> ids;
   std::string end = prefix;
   end.back() = static_cast<char>(end.back() + 1);
-  auto r = kv.scan(start, end, [&](std::string_view k, std::string_view v) {
-    if (keep(v)) ids.emplace_back(k.substr(prefix.size()));
+  auto r = kv.scan(scan_start(prefix, cursor), end, [&](std::string_view k, std::string_view) {
+    ids.emplace_back(k.substr(prefix.size()));
     return ids.size() < limit;
   });
   if (!r) return tl::unexpected(r.error());
@@ -184,19 +188,16 @@ Result<std::vector<std::string>> TimerStore::list_final(State state, std::string
                                                         size_t limit) {
   std::string prefix = "s/";
   prefix.push_back(static_cast<char>(state));
-  return list_ids(kv_, prefix, cursor, limit, [](std::string_view) { return true; });
+  return list_ids(kv_, prefix, cursor, limit);
 }
 
 Result<TimerStore::WaitingPage> TimerStore::list_waiting(State state, std::string_view cursor,
                                                          size_t limit, size_t max_scan) {
   WaitingPage page;
-  std::string start = "p/";
-  start.append(cursor);
-  if (!cursor.empty()) start.push_back('\0');
   size_t scanned = 0;
   std::string last_key;
   bool stopped = false;
-  auto r = kv_.scan(start, "p0", [&](std::string_view k, std::string_view v) {
+  auto r = kv_.scan(scan_start("p/", cursor), "p0", [&](std::string_view k, std::string_view v) {
     ++scanned;
     if (v.size() == 9 && static_cast<State>(v[8]) == state) page.ids.emplace_back(k.substr(2));
     if (page.ids.size() >= limit || scanned >= max_scan) {
