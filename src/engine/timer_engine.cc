@@ -38,6 +38,26 @@ constexpr int kPrefixDraws = 8;
 
 }  // namespace
 
+const char* timer_event_name(TimerEvent e) {
+  switch (e) {
+    case TimerEvent::kCreate:
+      return "create";
+    case TimerEvent::kReplace:
+      return "replace";
+    case TimerEvent::kExecute:
+      return "execute";
+    case TimerEvent::kSuccess:
+      return "success";
+    case TimerEvent::kFail:
+      return "fail";
+    case TimerEvent::kCancel:
+      return "cancel";
+    case TimerEvent::kEvict:
+      return "evict";
+  }
+  return "unknown";
+}
+
 EngineProbe EngineProbe::make(Registry& r) {
   EngineProbe p;
   p.created = &r.counter("skyring_timers_created_total", "Timers created");
@@ -96,6 +116,17 @@ Result<void> TimerEngine::new_id_prefix() {
 
 Result<size_t> TimerEngine::recover() {
   std::vector<std::pair<std::string, std::string>> corrupt;  // id, raw index value
+  KvBatch repairs;
+  auto marks = store_.scan_move_marks([&](const MoveMarkEntry& m) {
+    if (m.dest.empty()) {
+      log::warn("timer {}: unreadable move mark dropped (the timer stays owed here)", m.id);
+      TimerStore::drop_move_mark(repairs, m.id);
+    } else {
+      moving_.emplace(std::string(m.id), Move{std::string(m.dest), std::string(m.token)});
+    }
+    return true;
+  });
+  if (!marks) return tl::unexpected(marks.error());
   auto r = store_.scan_waiting(
       [&](const PendingEntry& e) {
         load_slot(e.id, e.next_us, e.state);
@@ -108,8 +139,17 @@ Result<size_t> TimerEngine::recover() {
     return true;
   });
   if (!q) return tl::unexpected(q.error());
-  KvBatch repairs;
   for (const auto& [id, raw] : corrupt) repair_index_entry(id, raw, repairs);
+  // A mark whose timer is gone (moved out and deleted, mark left by a crash in between is
+  // impossible: they go in one batch; or a final record, which needs no mark) is stale.
+  for (auto it = moving_.begin(); it != moving_.end();) {
+    if (slots_.count(it->first) == 0) {
+      TimerStore::drop_move_mark(repairs, it->first);
+      it = moving_.erase(it);
+    } else {
+      ++it;
+    }
+  }
   if (!repairs.empty()) {
     if (auto w = store_.write_now(repairs, /*sync=*/true); !w) return tl::unexpected(w.error());
   }
@@ -121,14 +161,19 @@ Result<size_t> TimerEngine::recover() {
   return slots_.size();
 }
 
-void TimerEngine::load_slot(std::string_view id, int64_t next_us, State state) {
+TimerEngine::Slot* TimerEngine::load_slot(std::string_view id, int64_t next_us, State state) {
   auto [it, inserted] = slots_.try_emplace(std::string(id));
   SKYRING_ASSERT(inserted, "the pending index lists an id twice");
   Slot& s = it->second;
   s.id = &it->first;
   s.next_us = next_us;
   s.state = state;
-  heap_.append_unordered(&s);
+  if (moving_.count(it->first) != 0) {
+    s.moving = true;  // its move is resent by the cluster; it never fires here meanwhile
+  } else {
+    heap_.append_unordered(&s);
+  }
+  return &s;
 }
 
 // A pending index entry that does not decode: its record says what the timer is. A waiting
@@ -283,7 +328,7 @@ void TimerEngine::schedule_tick() {
 }
 
 void TimerEngine::arm() {
-  if (heap_.empty() || !firing_ || failed_) return;
+  if (heap_.empty() || !firing_ || failed_ || held_) return;
   int64_t t = heap_.top()->next_us;
   if (t < armed_us_) {
     armed_us_ = t;
@@ -326,9 +371,9 @@ Result<std::string> TimerEngine::generate_id() {
   return id;
 }
 
-void TimerEngine::create(TimerRecord r, Reply<CreateResult> done) {
+void TimerEngine::create(TimerRecord r, Reply<CreateResult> done, bool fresh_id) {
   if (auto a = admit(); !a) return done(tl::unexpected(a.error()));
-  bool client_id = !r.id.empty();
+  bool client_id = !r.id.empty() && !fresh_id;
   if (!client_id) {
     auto id = generate_id();
     if (!id) return done(tl::unexpected(id.error()));
@@ -365,6 +410,7 @@ void TimerEngine::create(TimerRecord r, Reply<CreateResult> done) {
   keep_if_near(r);
   KvBatch b;
   TimerStore::put_waiting(b, r);
+  notify(TimerEvent::kCreate, r);
   std::string id = r.id;
   s.write_seq =
       submit(std::move(b), std::move(r), [this, id, done = std::move(done)](Result<void> res) {
@@ -385,6 +431,9 @@ void TimerEngine::replace(TimerRecord r, Reply<void> done) {
   if (s.state == State::kExecuting) {
     return done(fail(Errc::kConflict, "a delivery attempt is in flight; retry later"));
   }
+  if (s.moving) {
+    return done(fail(Errc::kUnavailable, "this timer is moving to its new owner; retry"));
+  }
   dequeue(&s);
   s.parked = false;  // a stale entry in a parked FIFO is skipped
   s.next_us = r.next_us;
@@ -395,6 +444,7 @@ void TimerEngine::replace(TimerRecord r, Reply<void> done) {
   keep_if_near(r);
   KvBatch b;
   TimerStore::put_waiting(b, r);
+  notify(TimerEvent::kReplace, r);
   s.write_seq =
       submit(std::move(b), std::move(r), [this, done = std::move(done)](Result<void> res) {
         if (!res) return done(fail(Errc::kUnavailable, failure_));
@@ -412,6 +462,9 @@ void TimerEngine::cancel(const std::string& id, Reply<void> done) {
   if (it->second.state == State::kExecuting) {
     return done(fail(Errc::kConflict, "a delivery attempt is in flight; retry later"));
   }
+  if (it->second.moving) {
+    return done(fail(Errc::kUnavailable, "this timer is moving to its new owner; retry"));
+  }
   auto l = lookup(id);
   if (!l) return done(tl::unexpected(l.error()));
   if (!l->record) {
@@ -424,6 +477,7 @@ void TimerEngine::cancel(const std::string& id, Reply<void> done) {
   erase_slot(id);
   KvBatch b;
   TimerStore::put_final(b, r, purge_at(r));
+  notify(TimerEvent::kCancel, r);
   submit(std::move(b), std::move(r), [this, done = std::move(done)](Result<void> res) {
     if (!res) return done(fail(Errc::kUnavailable, failure_));
     if (probe_.cancelled) probe_.cancelled->inc();
@@ -483,7 +537,7 @@ void TimerEngine::list(State state, const std::string& cursor, size_t limit, Rep
 
 void TimerEngine::tick() {
   armed_us_ = INT64_MAX;
-  if (!firing_ || failed_) return;
+  if (!firing_ || failed_ || held_) return;
   unpark_blocked();
   int64_t now = clock_.now_us();
   int starts = 0;
@@ -567,6 +621,7 @@ bool TimerEngine::start_attempt(Slot* s) {
   job.data_kind = r.data_kind;
   job.data = r.data;
   job.timeout_ms = options_.delivery_timeout_ms;
+  notify(TimerEvent::kExecute, r);
   inflight_.emplace(id, InFlight{std::move(r), s->destination});
   if (probe_.inflight) probe_.inflight->set(static_cast<int64_t>(inflight_.size()));
   t->deliver(std::move(job), [this, id](DeliveryResult res) {
@@ -627,6 +682,7 @@ void TimerEngine::finish(TimerRecord r, State state) {
   erase_slot(r.id);
   KvBatch b;
   TimerStore::put_final(b, r, purge_at(r));
+  notify(state == State::kSucceeded ? TimerEvent::kSuccess : TimerEvent::kFail, r);
   submit(std::move(b), std::move(r), nullptr);
 }
 
@@ -644,7 +700,7 @@ void TimerEngine::unpark(uint32_t destination) {
            !destinations_[destination].parked->empty();
   };
   while (has_parked() && destinations_[destination].busy < options_.max_inflight_per_destination) {
-    if (!firing_ || failed_) return;
+    if (!firing_ || failed_ || held_) return;
     if (inflight_.size() >= options_.max_inflight || !may_start()) {
       // A node-wide limit, not this destination's: tick() resumes it once there is room.
       Destination& d = destinations_[destination];
@@ -717,6 +773,264 @@ void TimerEngine::release_destination(Slot* s) {
     free_destinations_.push_back(s->destination);
   }
   s->destination = kNoDestination;
+}
+
+// --- Cluster support ---
+
+void TimerEngine::hold_firing(bool hold) {
+  held_ = hold;
+  if (!held_) {
+    armed_us_ = INT64_MAX;
+    schedule_tick();
+  }
+}
+
+Result<std::string> TimerEngine::new_id() {
+  if (auto a = admit(); !a) return tl::unexpected(a.error());
+  return generate_id();
+}
+
+bool TimerEngine::holds(const std::string& id) {
+  if (auto u = unsettled_.find(id); u != unsettled_.end()) return u->second.record.has_value();
+  if (slots_.count(id) != 0 || near_.count(id) != 0) return true;
+  if (!quarantined_ids_.empty() && quarantined_ids_.count(id) != 0) return true;
+  auto got = store_.get(id);
+  return !got || got->has_value();
+}
+
+bool TimerEngine::scan_waiting(size_t* cursor, size_t max_visit,
+                               const std::function<bool(const std::string&)>& want,
+                               std::vector<std::string>* out) {
+  size_t buckets = slots_.bucket_count();
+  size_t visited = 0;
+  for (; *cursor < buckets && visited < max_visit; ++*cursor) {
+    for (auto it = slots_.begin(*cursor); it != slots_.end(*cursor); ++it) {
+      ++visited;
+      const Slot& s = it->second;
+      if (s.moving || s.state == State::kExecuting) continue;
+      if (want(it->first)) out->push_back(it->first);
+    }
+  }
+  if (*cursor >= buckets) {
+    *cursor = 0;
+    return true;
+  }
+  return false;
+}
+
+Result<std::vector<std::string>> TimerEngine::final_ids(State state, const std::string& cursor,
+                                                        size_t limit) {
+  return store_.list_final(state, cursor, limit);
+}
+
+Result<void> TimerEngine::admit_moves(size_t ops) const {
+  if (failed_) return fail(Errc::kUnavailable, failure_);
+  if (backlog() >= options_.max_unsettled || move_ops_ + ops > options_.max_move_ops) {
+    return fail(Errc::kOverloaded, "too many changes waiting for storage; retry later");
+  }
+  return {};
+}
+
+uint64_t TimerEngine::submit_moves(KvBatch batch, Changes changes) {
+  uint64_t seq = ++submitted_seq_;
+  size_t ops = batch.size();
+  move_ops_ += ops;
+  for (auto& [id, record] : changes) unsettled_[id] = Unsettled{std::move(record), seq};
+  std::vector<std::string> ids;
+  ids.reserve(changes.size());
+  for (auto& c : changes) ids.push_back(std::move(c.first));
+  auto on_done = [this, seq, ops, ids = std::move(ids)](Result<void> r) {
+    for (const std::string& id : ids) {
+      if (auto u = unsettled_.find(id); u != unsettled_.end() && u->second.seq == seq) {
+        unsettled_.erase(u);
+      }
+    }
+    move_ops_ -= ops;
+    on_committed(seq, r);
+  };
+  if (auto s = committer_.submit(std::move(batch), on_done); !s) {
+    // The node sizes the committer's queue for max_unsettled changes plus max_move_ops.
+    SKYRING_ASSERT(s.error().code != Errc::kOverloaded,
+                   "committer queue is smaller than the engine's admission bound");
+    executor_.post([on_done, err = s.error()]() mutable { on_done(tl::unexpected(err)); });
+  }
+  return seq;
+}
+
+void TimerEngine::begin_move(std::vector<std::string> ids, const std::string& dest,
+                             const std::string& token, Reply<std::vector<TimerRecord>> done) {
+  if (auto a = admit_moves(ids.size()); !a) return done(tl::unexpected(a.error()));
+  KvBatch b;
+  std::vector<TimerRecord> out;
+  for (const std::string& id : ids) {
+    auto sit = slots_.find(id);
+    if (sit == slots_.end()) {
+      // A final (retention) record moves without a mark: it never fires and never changes
+      // until purged, so sending it twice is harmless (the receiver keeps the first).
+      auto l = lookup(id);
+      if (l && l->record && is_final(l->record->state)) out.push_back(std::move(*l->record));
+      continue;
+    }
+    Slot& s = sit->second;
+    if (s.state == State::kExecuting) continue;
+    if (s.moving) {
+      // A resend of the same move (after a crash or an unknown outcome): same token only.
+      auto mv = moving_.find(id);
+      if (mv == moving_.end() || mv->second.token != token || mv->second.dest != dest) continue;
+      auto l = lookup(id);
+      if (l && l->record) out.push_back(std::move(*l->record));
+      continue;
+    }
+    auto l = lookup(id);
+    if (!l || !l->record) continue;  // a read error: tried again at the next pass
+    dequeue(&s);
+    s.parked = false;  // a stale entry in a parked FIFO is skipped
+    s.moving = true;
+    moving_[id] = Move{dest, token};
+    TimerStore::put_move_mark(b, id, dest, token);
+    out.push_back(std::move(*l->record));
+  }
+  uint64_t seq = b.empty() ? submitted_seq_ : submit_moves(std::move(b), {});
+  after_durable(seq, [this, out = std::move(out), done = std::move(done)]() mutable {
+    if (failed_) return done(fail(Errc::kUnavailable, failure_));
+    done(std::move(out));
+  });
+}
+
+void TimerEngine::end_move(const std::vector<std::string>& ids, const std::string& token,
+                           bool delivered, Reply<void> done) {
+  KvBatch b;
+  Changes changes;
+  for (const std::string& id : ids) {
+    auto mv = moving_.find(id);
+    if (mv != moving_.end()) {
+      if (mv->second.token != token) continue;
+      moving_.erase(mv);
+      TimerStore::drop_move_mark(b, id);
+      auto sit = slots_.find(id);
+      SKYRING_ASSERT(sit != slots_.end() && sit->second.moving, "a move mark without its slot");
+      if (delivered) {
+        TimerStore::remove_waiting(b, id);
+        TimerRecord gone;
+        gone.id = id;
+        gone.state = sit->second.state;
+        gone.next_us = sit->second.next_us;
+        notify(TimerEvent::kEvict, gone);
+        erase_slot(id);
+        changes.emplace_back(id, std::nullopt);
+      } else {
+        sit->second.moving = false;
+        enqueue(&sit->second);
+      }
+    } else if (delivered && slots_.count(id) == 0) {
+      auto l = lookup(id);
+      if (l && l->record && is_final(l->record->state)) {
+        TimerStore::purge(b, id, l->record->state, purge_at(*l->record));
+        notify(TimerEvent::kEvict, *l->record);
+        changes.emplace_back(id, std::nullopt);
+      }
+    }
+  }
+  // Never refused: the ops are bounded by the begin_move calls that admitted them.
+  uint64_t seq = b.empty() ? submitted_seq_ : submit_moves(std::move(b), std::move(changes));
+  after_durable(seq, [this, done = std::move(done)] {
+    if (failed_) return done(fail(Errc::kUnavailable, failure_));
+    done({});
+  });
+}
+
+std::vector<MoveMark> TimerEngine::moving() const {
+  std::vector<MoveMark> out;
+  out.reserve(moving_.size());
+  for (const auto& [id, m] : moving_) out.push_back(MoveMark{id, m.dest, m.token});
+  return out;
+}
+
+void TimerEngine::adopt_waiting(const TimerRecord& r) {
+  auto [it, inserted] = slots_.try_emplace(r.id);
+  Slot& s = it->second;
+  if (inserted) {
+    s.id = &it->first;
+  } else {
+    dequeue(&s);
+    release_destination(&s);
+  }
+  s.parked = false;
+  s.moving = false;
+  s.next_us = r.next_us;
+  s.state = r.state;
+  bind_destination(&s, r);  // false (transport not loaded): the attempt fails it, as recovery
+  near_.erase(r.id);
+  keep_if_near(r);
+}
+
+void TimerEngine::import(std::vector<TimerRecord> records, const std::string& token,
+                         Reply<std::vector<ImportOutcome>> done) {
+  if (auto a = admit_moves(records.size() * 8); !a) return done(tl::unexpected(a.error()));
+  KvBatch b;
+  Changes changes;
+  std::vector<ImportOutcome> outcomes;
+  outcomes.reserve(records.size());
+  std::vector<Slot*> adopted;
+  int64_t now = clock_.now_us();
+  for (TimerRecord& r : records) {
+    if (r.id.empty() || r.id.size() > kMaxIdLength ||
+        !(awaits_attempt(r.state) || is_final(r.state))) {
+      outcomes.push_back(ImportOutcome::kRejected);
+      continue;
+    }
+    auto receipt = store_.receipt(r.id);
+    if (!receipt) return done(fail(Errc::kUnavailable, receipt.error().message));
+    if (*receipt && (*receipt)->token == token) {
+      outcomes.push_back(ImportOutcome::kDuplicate);
+      continue;
+    }
+    auto sit = slots_.find(r.id);
+    bool replaces_outgoing = sit != slots_.end() && sit->second.moving;
+    if (!replaces_outgoing && holds(r.id)) {
+      if (uint64_t dropped = 0; import_conflict_log_.allow(&dropped)) {
+        log::warn("timer {}: a move brought a record of an id held here already; the record "
+                  "held here stays{}",
+                  r.id, log::Limiter::note(dropped));
+      }
+      outcomes.push_back(ImportOutcome::kKeptLocal);
+      continue;
+    }
+    if (replaces_outgoing) {
+      // This node was handing the id over and it came back before that ended: the copy that
+      // arrives is the newer one (docs/cluster.md, "Moves", crash point 6).
+      moving_.erase(r.id);
+      TimerStore::drop_move_mark(b, r.id);
+      sit->second.moving = false;
+    }
+    if (awaits_attempt(r.state)) {
+      TimerStore::put_waiting(b, r);
+      adopt_waiting(r);
+      adopted.push_back(&slots_.find(r.id)->second);
+    } else {
+      if (slots_.count(r.id) != 0) erase_slot(r.id);
+      TimerStore::put_final(b, r, purge_at(r));
+    }
+    TimerStore::put_receipt(
+        b, r.id, token, now + options_.move_receipt_ttl_us,
+        *receipt ? std::optional<int64_t>((*receipt)->expire_at_us) : std::nullopt);
+    outcomes.push_back(ImportOutcome::kStored);
+    std::string id = r.id;
+    changes.emplace_back(std::move(id), std::move(r));
+  }
+  uint64_t seq = submitted_seq_;
+  if (!b.empty()) {
+    seq = submit_moves(std::move(b), std::move(changes));
+    for (Slot* s : adopted) {
+      s->write_seq = seq;
+      enqueue(s);
+    }
+    if (probe_.pending) probe_.pending->set(static_cast<int64_t>(slots_.size()));
+  }
+  after_durable(seq, [this, outcomes = std::move(outcomes), done = std::move(done)]() mutable {
+    if (failed_) return done(fail(Errc::kUnavailable, failure_));
+    done(std::move(outcomes));
+  });
 }
 
 void TimerEngine::stop_firing() {

@@ -79,6 +79,40 @@ struct EngineOptions {
   // max_near_records), so their attempt needs no storage read.
   int64_t near_window_us = 10'000'000;
   size_t max_near_records = 100'000;
+  // Cluster moves: how long a receipt of a move in is kept (a sender that crashed between the
+  // acknowledgement and its delete resends within this time; docs/cluster.md), and the storage
+  // operations that begin_move/end_move/import may have on their way to storage at once
+  // (beyond it begin_move and import answer kOverloaded and the mover retries).
+  int64_t move_receipt_ttl_us = 7LL * 24 * 3600 * 1'000'000;
+  size_t max_move_ops = 65'536;
+};
+
+// Lifecycle events of timers (the cluster publishes them on NATS). Called on the engine thread
+// after the change is durable (create, replace, cancel, success, fail, evict) or when an
+// attempt starts (execute); must be cheap and must not call back into the engine.
+enum class TimerEvent { kCreate, kReplace, kExecute, kSuccess, kFail, kCancel, kEvict };
+const char* timer_event_name(TimerEvent e);
+
+class EngineObserver {
+ public:
+  virtual ~EngineObserver() = default;
+  virtual void on_timer(TimerEvent event, const TimerRecord& record) = 0;
+};
+
+// A durable "moving" mark found at recovery: the timer was being handed to `dest` under
+// `token` when the node stopped (docs/cluster.md, "Moves").
+struct MoveMark {
+  std::string id;
+  std::string dest;
+  std::string token;
+};
+
+// What import() did with one moved record.
+enum class ImportOutcome {
+  kStored,    // new here: stored durably
+  kDuplicate, // this move (token) was stored before: nothing to do
+  kKeptLocal, // a different record of the id is here already: it stays (counted, logged)
+  kRejected,  // not a valid record (bad id or state): not stored, the sender keeps it
 };
 
 // The engine's single re-armable wake-up. The driver calls TimerEngine::tick() at or after
@@ -128,8 +162,9 @@ class TimerEngine {
   // entry is repaired from its record, or quarantined with it; it never stops the start.
   Result<size_t> recover();
 
-  // `r` comes from parse_timer_request(); r.id empty means "generate one".
-  void create(TimerRecord r, Reply<CreateResult> done);
+  // `r` comes from parse_timer_request(); r.id empty means "generate one". fresh_id: r.id came
+  // from new_id() on this node and was never used (no lookup needed).
+  void create(TimerRecord r, Reply<CreateResult> done, bool fresh_id = false);
   void replace(TimerRecord r, Reply<void> done);
   void cancel(const std::string& id, Reply<void> done);
   void get(const std::string& id, Reply<TimerRecord> done);
@@ -137,6 +172,43 @@ class TimerEngine {
 
   // Starts attempts for every due timer the limits allow.
   void tick();
+
+  // --- Cluster support (docs/cluster.md) ---
+  void set_observer(EngineObserver* observer) { observer_ = observer; }
+  // While held, no attempt starts (a restarted node waits until it knows the ring).
+  void hold_firing(bool hold);
+  bool firing_held() const { return held_; }
+  // A new id for a create routed by this node (the same generator as create() without id).
+  Result<std::string> new_id();
+  // Whether this node holds a record of `id` in any state (a read error counts as yes, so the
+  // request is answered here with that error).
+  bool holds(const std::string& id);
+  // Visits waiting timers (not executing, not moving) from *cursor on, at most max_visit;
+  // appends the ids for which want(id) is true. Returns true when the end was reached (then
+  // *cursor is 0 again). The order is arbitrary; a timer created meanwhile may be missed.
+  bool scan_waiting(size_t* cursor, size_t max_visit,
+                    const std::function<bool(const std::string&)>& want,
+                    std::vector<std::string>* out);
+  // Starts moving `ids` to node `dest` under `token`: waiting ones get a durable moving mark
+  // (from then on they neither fire nor change; PUT/DELETE answer 503) and leave the heap;
+  // final ones are only read. Gives the records once the marks are durable. Ids that cannot
+  // move now (executing, already moving, gone) are left out.
+  void begin_move(std::vector<std::string> ids, const std::string& dest, const std::string& token,
+                  Reply<std::vector<TimerRecord>> done);
+  // Ends a move begun with `token`: delivered (the receiver acknowledged a durable write)
+  // deletes the records and marks; otherwise the marks go and the timers are owed here again.
+  // Ids whose mark is no longer this token are left alone.
+  void end_move(const std::vector<std::string>& ids, const std::string& token, bool delivered,
+                Reply<void> done);
+  // Marks found at recovery whose moves are not ended yet.
+  std::vector<MoveMark> moving() const;
+  // Stores moved records (durably, with a receipt per token); see ImportOutcome.
+  void import(std::vector<TimerRecord> records, const std::string& token,
+              Reply<std::vector<ImportOutcome>> done);
+  // Ids of final (retention) records in `state` after `cursor`, at most `limit` (id order).
+  Result<std::vector<std::string>> final_ids(State state, const std::string& cursor,
+                                             size_t limit);
+  size_t moving_count() const { return moving_.size(); }
 
   // Graceful stop: no new attempts start; requests get kUnavailable.
   void stop_firing();
@@ -157,6 +229,11 @@ class TimerEngine {
     uint32_t destination = kNoDestination;  // index into destinations_; unknown after recovery
     State state = State::kPending;
     bool parked = false;
+    bool moving = false;  // listed in moving_: out of the heap, never fired or changed
+  };
+  struct Move {
+    std::string dest;
+    std::string token;
   };
   // One per distinct destination that some slot refers to: lets tick() see a saturated
   // destination before reading the timer's record, and park the timer for it alone.
@@ -187,13 +264,22 @@ class TimerEngine {
   Result<Lookup> lookup(const std::string& id);
   Result<void> not_quarantined(const std::string& id) const;
   uint64_t submit(KvBatch batch, TimerRecord record, std::function<void(Result<void>)> done);
+  // A batch changing several ids (moves): each id reads as its given state until durable.
+  using Changes = std::vector<std::pair<std::string, std::optional<TimerRecord>>>;
+  uint64_t submit_moves(KvBatch batch, Changes changes);
+  Result<void> admit_moves(size_t ops) const;
   // A change to `id`: record is its new state (nullopt: gone) until the commit is durable.
   uint64_t submit_change(KvBatch batch, std::string id, std::optional<TimerRecord> record,
                          std::function<void(Result<void>)> done);
   void quarantine(const std::string& id, char source, std::string_view raw);
   void remember_quarantined(std::string_view id);  // one found in storage
   void note_quarantined(std::string_view id);      // ... and newly moved aside: counted
-  void load_slot(std::string_view id, int64_t next_us, State state);  // recovery
+  Slot* load_slot(std::string_view id, int64_t next_us, State state);  // recovery
+  // A moved-in waiting record becomes (or replaces) this node's slot for its id.
+  void adopt_waiting(const TimerRecord& r);
+  void notify(TimerEvent e, const TimerRecord& r) {
+    if (observer_) observer_->on_timer(e, r);
+  }
   void repair_index_entry(std::string_view id, std::string_view raw, KvBatch& repairs);
   void retry_read_later(Slot* s, const Error& e);
   void after_durable(uint64_t seq, std::function<void()> fn);
@@ -244,6 +330,12 @@ class TimerEngine {
   size_t quarantined_total_ = 0;
   int64_t read_retry_ms_ = 0;  // current backoff for failing record reads (0: none failing)
   log::Limiter read_error_log_;
+
+  std::unordered_map<std::string, Move> moving_;  // ids whose move has begun and not ended
+  size_t move_ops_ = 0;                            // storage ops of moves not yet durable
+  EngineObserver* observer_ = nullptr;
+  bool held_ = false;
+  log::Limiter import_conflict_log_;
 
   uint64_t submitted_seq_ = 0;
   uint64_t durable_seq_ = 0;

@@ -791,5 +791,231 @@ TEST_F(EngineTest, DistinctDestinationsCostLittleMemory) {
   EXPECT_LT(per_destination, 500.0);
 }
 
+
+// --- Cluster moves (docs/cluster.md, "Moves") ---
+
+namespace moves {
+
+// A second node's engine over its own storage, driven by the same clock and executor.
+struct Peer {
+  explicit Peer(const Clock& clock, ManualExecutor& ex) : clock_(clock), ex_(ex) { start(); }
+  void start() {
+    engine.reset();
+    registry = std::make_unique<TransportRegistry>();
+    auto t = std::make_unique<HeldTransport>();
+    transport = t.get();
+    registry->add(std::move(t));
+    committer = std::make_unique<HeldCommitter>(*kv, ex_);
+    engine = std::make_unique<TimerEngine>(clock_, ex_, wake, store, *committer, *registry,
+                                           EngineOptions{});
+    ASSERT_TRUE(engine->recover().has_value());
+  }
+  void settle() {
+    for (int i = 0; i < 100; ++i) {
+      ex_.run_all();
+      if (committer->held() == 0) return;
+      committer->complete_all();
+    }
+  }
+  const Clock& clock_;
+  ManualExecutor& ex_;
+  RecordingWakeup wake;
+  std::unique_ptr<Kv> kv = make_memory_kv();
+  TimerStore store{*kv};
+  std::unique_ptr<TransportRegistry> registry;
+  HeldTransport* transport = nullptr;
+  std::unique_ptr<HeldCommitter> committer;
+  std::unique_ptr<TimerEngine> engine;
+};
+
+}  // namespace moves
+
+class EngineMoveTest : public EngineTest {
+ protected:
+  std::vector<TimerRecord> begin(std::vector<std::string> ids, const std::string& token,
+                                 const std::string& dest = "node-b") {
+    std::vector<TimerRecord> out;
+    bool called = false;
+    engine->begin_move(std::move(ids), dest, token, [&](Result<std::vector<TimerRecord>> r) {
+      called = true;
+      ASSERT_TRUE(r.has_value()) << r.error().message;
+      out = std::move(*r);
+    });
+    settle();
+    EXPECT_TRUE(called);
+    return out;
+  }
+  void end(std::vector<std::string> ids, const std::string& token, bool delivered) {
+    bool called = false;
+    engine->end_move(ids, token, delivered, [&](Result<void> r) {
+      called = true;
+      EXPECT_TRUE(r.has_value());
+    });
+    settle();
+    EXPECT_TRUE(called);
+  }
+  std::vector<ImportOutcome> import_into(TimerEngine& e, std::vector<TimerRecord> recs,
+                                         const std::string& token,
+                                         const std::function<void()>& settle_fn) {
+    std::vector<ImportOutcome> out;
+    bool called = false;
+    e.import(std::move(recs), token, [&](Result<std::vector<ImportOutcome>> r) {
+      called = true;
+      ASSERT_TRUE(r.has_value()) << r.error().message;
+      out = std::move(*r);
+    });
+    settle_fn();
+    EXPECT_TRUE(called);
+    return out;
+  }
+};
+
+TEST_F(EngineMoveTest, AMovingTimerNeverFiresOrChangesAndItsMarkSurvivesARestart) {
+  std::string id = create(timer(1000, "m1"));
+  auto recs = begin({id}, "a-1");
+  ASSERT_EQ(recs.size(), 1u);
+  EXPECT_EQ(recs[0].due_us, clock.now_us() + 1'000'000);
+  advance_ms(2000);
+  EXPECT_TRUE(transport->attempts.empty()) << "fired while moving";
+  auto put = replace(timer(5000, id));
+  ASSERT_FALSE(put.has_value());
+  EXPECT_EQ(put.error().code, Errc::kUnavailable);
+  EXPECT_EQ(cancel(id).error().code, Errc::kUnavailable);
+  EXPECT_EQ(get(id)->state, State::kPending);  // still readable here
+
+  start();  // a crash after the mark: the timer must not fire on restart
+  ASSERT_EQ(engine->moving().size(), 1u);
+  EXPECT_EQ(engine->moving()[0].dest, "node-b");
+  EXPECT_EQ(engine->moving()[0].token, "a-1");
+  advance_ms(1000);
+  EXPECT_TRUE(transport->attempts.empty()) << "fired a timer whose move was in flight";
+  // A resend under the same token gives the record again; another token gives nothing.
+  EXPECT_TRUE(begin({id}, "a-2").empty());
+  EXPECT_EQ(begin({id}, "a-1").size(), 1u);
+  // The receiver said it stored nothing: the timer is owed here again and fires late.
+  end({id}, "a-1", /*delivered=*/false);
+  advance_ms(1);
+  ASSERT_EQ(transport->attempts.size(), 1u);
+  EXPECT_EQ(transport->attempts[0].job.timer_id, id);
+}
+
+TEST_F(EngineMoveTest, ADeliveredMoveDeletesRecordAndMarkTogether) {
+  std::string id = create(timer(1000, "m2"));
+  std::string done_id = create(timer(1, "m3"));
+  advance_ms(1);
+  complete(0, Outcome::kSuccess);
+  ASSERT_EQ(begin({id, done_id}, "a-1").size(), 2u);  // the retention record moves too
+  end({id, done_id}, "a-1", /*delivered=*/true);
+  EXPECT_EQ(get(id).error().code, Errc::kNotFound);
+  EXPECT_EQ(get(done_id).error().code, Errc::kNotFound);
+  start();
+  EXPECT_EQ(recovered, 0u);
+  EXPECT_TRUE(engine->moving().empty());
+  advance_ms(5000);
+  EXPECT_EQ(transport->attempts.size(), 0u);
+}
+
+TEST_F(EngineMoveTest, ImportKeepsDueTimeAttemptsAndStoresATokenOnce) {
+  moves::Peer b(clock, ex);
+  std::string id = create(timer(10'000, "m4"));
+  advance_ms(3000);  // 7 s left
+  auto recs = begin({id}, "a-1");
+  ASSERT_EQ(recs.size(), 1u);
+  recs[0].attempts = 2;
+  recs[0].state = State::kRetrying;
+  auto settle_b = [&] { b.settle(); };
+  auto first = import_into(*b.engine, recs, "a-1", settle_b);
+  EXPECT_EQ(first, std::vector<ImportOutcome>{ImportOutcome::kStored});
+  // The same move again (the sender crashed before its delete and resends): stored once.
+  EXPECT_EQ(import_into(*b.engine, recs, "a-1", settle_b),
+            std::vector<ImportOutcome>{ImportOutcome::kDuplicate});
+  // Another move of an id held here: the record held here stays.
+  EXPECT_EQ(import_into(*b.engine, recs, "c-9", settle_b),
+            std::vector<ImportOutcome>{ImportOutcome::kKeptLocal});
+  // Survives a restart of the receiver, and fires at the original due time, not later.
+  b.start();
+  clock.advance_ms(6999);
+  b.engine->tick();
+  b.settle();
+  EXPECT_TRUE(b.transport->attempts.empty()) << "early";
+  clock.advance_ms(1);
+  b.engine->tick();
+  b.settle();
+  ASSERT_EQ(b.transport->attempts.size(), 1u);
+  EXPECT_EQ(b.transport->attempts[0].job.attempt, 3u) << "attempt count lost in the move";
+  // Invalid records are rejected, not stored.
+  TimerRecord bad = recs[0];
+  bad.id = "other";
+  bad.state = State::kExecuting;
+  EXPECT_EQ(import_into(*b.engine, {bad}, "a-2", settle_b),
+            std::vector<ImportOutcome>{ImportOutcome::kRejected});
+}
+
+// Crash point 4: the sender crashes after the receiver acknowledged, before its delete. On
+// restart it neither fires the timer nor loses it: the resend is a duplicate, then it deletes.
+TEST_F(EngineMoveTest, SenderCrashAfterTheAckFiresNothingTwice) {
+  moves::Peer b(clock, ex);
+  auto settle_b = [&] { b.settle(); };
+  std::string id = create(timer(2000, "m5"));
+  auto recs = begin({id}, "a-1");
+  ASSERT_EQ(import_into(*b.engine, recs, "a-1", settle_b)[0], ImportOutcome::kStored);
+  start();  // crash: no end_move
+  auto again = begin({id}, "a-1");
+  ASSERT_EQ(again.size(), 1u);
+  EXPECT_EQ(import_into(*b.engine, again, "a-1", settle_b)[0], ImportOutcome::kDuplicate);
+  end({id}, "a-1", true);
+  clock.advance_ms(5000);
+  engine->tick();
+  settle();
+  b.engine->tick();
+  b.settle();
+  EXPECT_EQ(transport->attempts.size(), 0u);
+  EXPECT_EQ(b.transport->attempts.size(), 1u);
+}
+
+// A timer that comes back while this node still marks it as moving out (a ring flap after a
+// crash): the copy that arrives wins, and the old mark cannot delete it any more.
+TEST_F(EngineMoveTest, ATimerComingBackReplacesItsOutgoingCopy) {
+  std::string id = create(timer(2000, "m6"));
+  auto recs = begin({id}, "a-1");
+  TimerRecord newer = recs[0];
+  newer.data = "changed elsewhere";
+  auto out = import_into(*engine, {newer}, "b-7", [&] { settle(); });
+  EXPECT_EQ(out[0], ImportOutcome::kStored);
+  EXPECT_TRUE(engine->moving().empty());
+  end({id}, "a-1", true);  // the old move's late ack: not this record's any more
+  EXPECT_EQ(get(id)->data, "changed elsewhere");
+  advance_ms(2000);
+  ASSERT_EQ(transport->attempts.size(), 1u);
+}
+
+TEST_F(EngineMoveTest, HeldFiringStartsNothingUntilReleased) {
+  std::string id = create(timer(10, "m7"));
+  engine->hold_firing(true);
+  advance_ms(100);
+  EXPECT_TRUE(transport->attempts.empty());
+  engine->hold_firing(false);
+  settle();
+  ASSERT_EQ(transport->attempts.size(), 1u);
+}
+
+TEST_F(EngineMoveTest, ScanWaitingVisitsEveryMovableTimerOnce) {
+  std::set<std::string> want;
+  for (int i = 0; i < 500; ++i) want.insert(create(timer(60'000, fmt::format("s{}", i))));
+  begin({"s1", "s2"}, "a-1");  // moving: not listed again
+  size_t cursor = 0;
+  std::vector<std::string> seen;
+  bool done = false;
+  for (int i = 0; i < 1000 && !done; ++i) {
+    done = engine->scan_waiting(&cursor, 64, [](const std::string&) { return true; }, &seen);
+  }
+  ASSERT_TRUE(done);
+  std::set<std::string> got(seen.begin(), seen.end());
+  EXPECT_EQ(got.size(), seen.size());
+  want.erase("s1");
+  want.erase("s2");
+  EXPECT_EQ(got, want);
+}
+
 }  // namespace
 }  // namespace skyring

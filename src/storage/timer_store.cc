@@ -16,6 +16,12 @@ std::string key_p(std::string_view id) {
 std::string key_q(std::string_view id) {
   return fmt::format("q/{}", id);
 }
+std::string key_v(std::string_view id) {
+  return fmt::format("v/{}", id);
+}
+std::string key_i(std::string_view id) {
+  return fmt::format("i/{}", id);
+}
 std::string key_s(State s, std::string_view id) {
   std::string k = "s/";
   k.push_back(static_cast<char>(s));
@@ -82,6 +88,7 @@ Result<void> TimerStore::open() {
     if (any) return fail(Errc::kCorruption, "storage has data but no format marker");
     return set_meta("format", kStorageFormat);
   }
+  if (**current == kStorageFormatV1) return set_meta("format", kStorageFormat);
   if (**current != kStorageFormat) {
     return fail(Errc::kCorruption, fmt::format("storage format is '{}', this build reads '{}'",
                                                **current, kStorageFormat));
@@ -127,6 +134,11 @@ void TimerStore::drop_pending_entry(KvBatch& b, std::string_view id) {
 }
 
 void TimerStore::purge(KvBatch& b, std::string_view id, State state, int64_t purge_at_us) {
+  if (state == kReceiptExpiry) {
+    b.push_back({KvOp::Kind::kDelete, key_i(id), {}});
+    b.push_back({KvOp::Kind::kDelete, key_e(purge_at_us, state, id), {}});
+    return;
+  }
   b.push_back({KvOp::Kind::kDelete, key_t(id), {}});
   b.push_back({KvOp::Kind::kDelete, key_s(state, id), {}});
   b.push_back({KvOp::Kind::kDelete, key_e(purge_at_us, state, id), {}});
@@ -175,7 +187,9 @@ Result<std::vector<TimerStore::Expired>> TimerStore::expired(int64_t now_us, siz
   put_be64(end, static_cast<uint64_t>(now_us) + 1);
   if (start >= end) return out;
   auto r = kv_.scan(start, end, [&](std::string_view k, std::string_view) {
-    if (k.size() < 12 || !is_final(static_cast<State>(k[10]))) return true;
+    if (k.size() < 12) return true;
+    State st = static_cast<State>(k[10]);
+    if (!is_final(st) && st != kReceiptExpiry) return true;
     out.push_back({std::string(k.substr(11)), static_cast<int64_t>(get_be64(k.substr(2, 8))),
                    static_cast<State>(k[10])});
     return out.size() < limit;
@@ -232,6 +246,53 @@ Result<bool> TimerStore::has_id_with_prefix(std::string_view prefix) {
   });
   if (!r) return tl::unexpected(r.error());
   return any;
+}
+
+void TimerStore::put_move_mark(KvBatch& b, std::string_view id, std::string_view dest,
+                               std::string_view token) {
+  std::string v(dest);
+  v.push_back('\0');
+  v.append(token);
+  b.push_back({KvOp::Kind::kPut, key_v(id), std::move(v)});
+}
+
+void TimerStore::drop_move_mark(KvBatch& b, std::string_view id) {
+  b.push_back({KvOp::Kind::kDelete, key_v(id), {}});
+}
+
+void TimerStore::remove_waiting(KvBatch& b, std::string_view id) {
+  b.push_back({KvOp::Kind::kDelete, key_t(id), {}});
+  b.push_back({KvOp::Kind::kDelete, key_p(id), {}});
+}
+
+Result<void> TimerStore::scan_move_marks(const std::function<bool(const MoveMarkEntry&)>& fn) {
+  return kv_.scan("v/", "v0", [&](std::string_view k, std::string_view v) {
+    size_t nul = v.find('\0');
+    if (nul == std::string_view::npos || nul == 0) return fn(MoveMarkEntry{k.substr(2), {}, {}});
+    return fn(MoveMarkEntry{k.substr(2), v.substr(0, nul), v.substr(nul + 1)});
+  });
+}
+
+void TimerStore::put_receipt(KvBatch& b, std::string_view id, std::string_view token,
+                             int64_t expire_at_us, std::optional<int64_t> previous_expire_us) {
+  if (previous_expire_us) {
+    b.push_back({KvOp::Kind::kDelete, key_e(*previous_expire_us, kReceiptExpiry, id), {}});
+  }
+  std::string v;
+  put_be64(v, static_cast<uint64_t>(expire_at_us));
+  v.append(token);
+  b.push_back({KvOp::Kind::kPut, key_i(id), std::move(v)});
+  b.push_back({KvOp::Kind::kPut, key_e(expire_at_us, kReceiptExpiry, id), {}});
+}
+
+Result<std::optional<TimerStore::Receipt>> TimerStore::receipt(std::string_view id) {
+  auto raw = kv_.get(key_i(id));
+  if (!raw) return tl::unexpected(raw.error());
+  if (!*raw || (*raw)->size() < 8) return std::optional<Receipt>();
+  Receipt r;
+  r.expire_at_us = static_cast<int64_t>(get_be64(**raw));
+  r.token = (*raw)->substr(8);
+  return std::optional<Receipt>(std::move(r));
 }
 
 Result<void> TimerStore::write_now(const KvBatch& b, bool sync) {

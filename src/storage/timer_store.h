@@ -5,6 +5,9 @@
 //   s/<state byte><id>             -> ""                        (final timers, for listing)
 //   e/<u64be purge_at_us><state><id> -> ""                      (final timers, for retention purge)
 //   q/<id>                         -> u8 source ('t' or 'p') + the bytes as found (quarantine)
+//   v/<id>                         -> dest node id, '\0', move token (a timer being moved)
+//   i/<id>                         -> u64be expire_at_us + move token (receipt of a move in)
+//   e/<u64be expire_at_us>'R'<id>  -> ""                        (receipt expiry, purged too)
 //   m/format, m/node-id            -> metadata
 //
 // A record and its index entries always change in one atomic batch, so after any crash the
@@ -26,7 +29,17 @@
 
 namespace skyring {
 
-inline constexpr std::string_view kStorageFormat = "skyring-storage-1";
+inline constexpr std::string_view kStorageFormat = "skyring-storage-2";
+// Format 1 had no v/ and i/ keys; it is upgraded in place by writing the new marker.
+inline constexpr std::string_view kStorageFormatV1 = "skyring-storage-1";
+// The "state" byte of a receipt's expiry entry under e/ (not a timer state).
+inline constexpr State kReceiptExpiry = static_cast<State>('R');
+
+struct MoveMarkEntry {
+  std::string_view id;
+  std::string_view dest;
+  std::string_view token;
+};
 
 struct PendingEntry {
   std::string_view id;
@@ -90,6 +103,25 @@ class TimerStore {
   Result<void> scan_quarantined(const std::function<bool(std::string_view id)>& fn);
   // Whether any record's id starts with `prefix`.
   Result<bool> has_id_with_prefix(std::string_view prefix);
+  // --- Cluster moves (docs/cluster.md, "Moves") ---
+  // A durable "moving" mark: the timer is being handed to `dest` under `token`.
+  static void put_move_mark(KvBatch& b, std::string_view id, std::string_view dest,
+                            std::string_view token);
+  static void drop_move_mark(KvBatch& b, std::string_view id);
+  // Removes a waiting timer's record and pending index entry (it moved away).
+  static void remove_waiting(KvBatch& b, std::string_view id);
+  // Every move mark; a mark that does not decode is reported with an empty dest.
+  Result<void> scan_move_marks(const std::function<bool(const MoveMarkEntry&)>& fn);
+  // Receipt of a move into this node: `token` is remembered until expire_at_us (then purged
+  // like a final record). `previous_expire_us` (from receipt()) drops the old expiry entry.
+  static void put_receipt(KvBatch& b, std::string_view id, std::string_view token,
+                          int64_t expire_at_us, std::optional<int64_t> previous_expire_us);
+  struct Receipt {
+    std::string token;
+    int64_t expire_at_us = 0;
+  };
+  Result<std::optional<Receipt>> receipt(std::string_view id);
+
   // A write outside the committer, for writers whose keys no other write touches: repairs
   // during recovery (synced) and the retention purge (not synced; see retention_purger.h).
   Result<void> write_now(const KvBatch& b, bool sync);
