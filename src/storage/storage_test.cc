@@ -329,6 +329,54 @@ TEST_P(TimerStoreTest, OpenRefusesADifferentMarker) {
   EXPECT_EQ(get(*kv_, "m/format"), "skyring-storage-0");  // left alone
 }
 
+TEST_P(TimerStoreTest, OpenUpgradesFormatOneInPlace) {
+  write({put("m/format", std::string(kStorageFormatV1))}, true);
+  TimerStore other(*kv_);
+  ASSERT_TRUE(other.open().has_value());
+  EXPECT_EQ(get(*kv_, "m/format"), std::string(kStorageFormat));
+}
+
+TEST_P(TimerStoreTest, MoveMarksAndReceipts) {
+  KvBatch b;
+  TimerStore::put_move_mark(b, "a", "node-2", "node-1-00ff");
+  TimerStore::put_move_mark(b, "b", "node-3", "node-1-0100");
+  write(std::move(b));
+  write({put("v/broken", "no separator")}, true);
+  std::vector<std::string> seen;
+  ASSERT_TRUE(store_
+                  ->scan_move_marks([&](const MoveMarkEntry& m) {
+                    seen.push_back(fmt::format("{}>{}:{}", m.id, m.dest, m.token));
+                    return true;
+                  })
+                  .has_value());
+  EXPECT_EQ(seen, (Ids{"a>node-2:node-1-00ff", "b>node-3:node-1-0100", "broken>:"}));
+  KvBatch d;
+  TimerStore::drop_move_mark(d, "a");
+  write(std::move(d));
+  EXPECT_EQ(get(*kv_, "v/a"), std::nullopt);
+
+  // A receipt expires through the purge index like a final record; a newer receipt of the
+  // same id replaces the old expiry entry, so the old one cannot delete it early.
+  KvBatch r1;
+  TimerStore::put_receipt(r1, "x", "tok-1", 1000, std::nullopt);
+  write(std::move(r1));
+  auto got = store_->receipt("x");
+  ASSERT_TRUE(got.has_value() && got->has_value());
+  EXPECT_EQ((*got)->token, "tok-1");
+  EXPECT_EQ((*got)->expire_at_us, 1000);
+  KvBatch r2;
+  TimerStore::put_receipt(r2, "x", "tok-2", 5000, (*got)->expire_at_us);
+  write(std::move(r2));
+  ManualClock clock(2000);
+  Registry metrics;
+  RetentionPurger purger(*store_, clock, PurgerOptions{}, PurgerProbe::make(metrics));
+  EXPECT_EQ(*purger.run_once(), 0u);
+  EXPECT_EQ((*store_->receipt("x"))->token, "tok-2");
+  clock.set_us(6000);
+  EXPECT_EQ(*purger.run_once(), 1u);
+  EXPECT_FALSE(store_->receipt("x")->has_value());
+}
+
 TEST_P(TimerStoreTest, OpenRefusesDataWithoutAMarker) {
   write({del("m/format"), put("t/x", "something")}, true);
   TimerStore other(*kv_);
