@@ -5,6 +5,8 @@
 #include <fmt/format.h>
 #include <boost/json.hpp>
 
+#include "cluster/router.h"
+
 namespace skyring {
 namespace {
 
@@ -163,6 +165,46 @@ void Api::handle(const ApiRequest& req, Done done) {
     latency_.observe((monotonic_us() - start) / 1e6);
     done(std::move(r));
   };
+  if (options_.router != nullptr) return route(req, std::move(timed));
+  handle_here(req, false, std::move(timed));
+}
+
+void Api::route(const ApiRequest& req, Done done) {
+  const auto [path, query] = split_target(req.target);
+  std::string_view id;
+  if (path == "/timer" || path == "/timer/") {
+    if (req.method == "POST") id = req.timer_id;
+  } else if (path.starts_with("/timer/")) {
+    id = path.substr(7);
+  }
+  // An id that is not valid names no timer anywhere: answered here (400 or 404).
+  if (!id.empty() && !valid_timer_id(id)) return handle_here(req, false, std::move(done));
+  cluster::RouteRequest rr;
+  rr.method = req.method;
+  rr.target = req.target;
+  rr.timer_id = std::string(id);
+  rr.body = req.body;
+  rr.content_type = req.content_type;
+  rr.cluster = req.cluster;
+  rr.hops = req.hops;
+  rr.fallback = req.fallback;
+  options_.router->route(std::move(rr),
+                         [this, req, done = std::move(done)](cluster::RouteDecision d) mutable {
+                           if (!d.local) {
+                             cluster::RouteResponse& r = d.response;
+                             return done(ApiResponse{r.status, std::move(r.content_type),
+                                                     std::move(r.body), std::move(r.headers)});
+                           }
+                           // The id chosen by the router (a POST without x-timer-id) is the one
+                           // created; `d` lives until handle_here() returns, which copies what it
+                           // keeps.
+                           ApiRequest here = req;
+                           if (!d.timer_id.empty()) here.timer_id = d.timer_id;
+                           handle_here(here, d.fresh_id, std::move(done));
+                         });
+}
+
+void Api::handle_here(const ApiRequest& req, bool fresh_id, Done timed) {
   // Not a structured binding: clang 14 (the fuzz build) cannot capture one in a lambda.
   const auto [path_part, query_part] = split_target(req.target);
   const std::string_view path = path_part, query = query_part;
@@ -173,7 +215,7 @@ void Api::handle(const ApiRequest& req, Done done) {
     timed(std::move(r));
   };
   if (path == "/timer" || path == "/timer/") {
-    if (m == "POST") return create(req, std::move(timed));
+    if (m == "POST") return create(req, fresh_id, std::move(timed));
     if (m == "GET") return list(query, std::move(timed));
     return not_allowed("GET, POST");
   }
@@ -241,19 +283,22 @@ Result<TimerRecord> Api::parse_body(const ApiRequest& req) {
   return rec;
 }
 
-void Api::create(const ApiRequest& req, Done done) {
+void Api::create(const ApiRequest& req, bool fresh_id, Done done) {
   if (!req.timer_id.empty() && !valid_timer_id(req.timer_id)) {
     return done(error(400, "x-timer-id must be 1-128 characters of [A-Za-z0-9._:-]"));
   }
   auto rec = parse_body(req);
   if (!rec) return done(error(status_for(rec.error().code), rec.error().message));
   rec->id = std::string(req.timer_id);
-  engine_.create(std::move(*rec), [done = std::move(done)](Result<CreateResult> r) {
-    if (!r) return done(error(status_for(r.error().code), r.error().message));
-    ApiResponse resp = id_body(201, r->id);
-    resp.headers.emplace_back("Location", "/timer/" + r->id);
-    done(std::move(resp));
-  });
+  engine_.create(
+      std::move(*rec),
+      [done = std::move(done)](Result<CreateResult> r) {
+        if (!r) return done(error(status_for(r.error().code), r.error().message));
+        ApiResponse resp = id_body(201, r->id);
+        resp.headers.emplace_back("Location", "/timer/" + r->id);
+        done(std::move(resp));
+      },
+      fresh_id);
 }
 
 void Api::replace(std::string id, const ApiRequest& req, Done done) {
@@ -328,6 +373,7 @@ ApiResponse Api::health() const {
   o["pending"] = engine_.waiting();
   o["inflight"] = engine_.inflight();
   if (!ok) o["error"] = engine_.failure();
+  if (options_.router != nullptr) o["cluster"] = json::parse(options_.router->health_json());
   ApiResponse r = ok ? ApiResponse{} : error(503, engine_.failure());
   r.body = json::serialize(o);
   return r;

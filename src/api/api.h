@@ -3,7 +3,8 @@
 // The http module turns Beast messages into ApiRequest and ApiResponse back into bytes.
 //
 // Threading: handle() runs on the engine thread; `done` is called on that thread, either
-// before handle() returns or later (after the change is durable).
+// before handle() returns or later (after the change is durable, or a peer answered). With a
+// router, the buffers an ApiRequest points into must stay alive until `done` is called.
 #pragma once
 
 #include <cstdint>
@@ -22,11 +23,24 @@
 
 namespace skyring {
 
+namespace cluster {
+class Router;
+}
+
+// x-skyring-hops values above this (and unparsable ones) read as this: such a request is
+// never forwarded again (any sensible max_hops is below it).
+inline constexpr int kMaxHopsHeaderValue = 255;
+
 struct ApiRequest {
   std::string_view method;    // "GET", "POST", ...
   std::string_view target;    // path and query, as received
   std::string_view timer_id;  // x-timer-id header, empty if absent
   std::string_view body;
+  // Cluster routing (read only when ApiOptions::router is set).
+  std::string_view content_type;  // Content-Type, passed on when forwarded
+  std::string_view cluster;       // x-skyring-cluster
+  int hops = 0;                   // x-skyring-hops: times this request was forwarded
+  bool fallback = false;          // x-skyring-fallback present
 };
 
 struct ApiResponse {
@@ -39,6 +53,9 @@ struct ApiResponse {
 struct ApiOptions {
   std::string node_id;
   ParseLimits parse;
+  // Set in a cluster: every request is routed first (cluster/router.h) and handled here only
+  // when the router says so; /health gains a "cluster" object. Null: standalone, no routing.
+  cluster::Router* router = nullptr;
 };
 
 class Api {
@@ -54,7 +71,10 @@ class Api {
   static int status_for(Errc code);
 
  private:
-  void create(const ApiRequest& req, Done done);
+  // After routing (or without a router): the request is answered by this node.
+  void handle_here(const ApiRequest& req, bool fresh_id, Done done);
+  void route(const ApiRequest& req, Done done);
+  void create(const ApiRequest& req, bool fresh_id, Done done);
   void replace(std::string id, const ApiRequest& req, Done done);
   void list(std::string_view query, Done done);
   Result<TimerRecord> parse_body(const ApiRequest& req);

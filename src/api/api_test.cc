@@ -590,5 +590,29 @@ TEST_F(ApiTest, ReasonHeaderIsCappedOnACharacterBoundary) {
   EXPECT_EQ(header(Api::error(404, std::string(256, 'f')), "x-skyring-reason")->size(), 256u);
 }
 
+// Without a router (standalone) the cluster fields of a request change nothing: no routing,
+// no cluster routes, no "cluster" in /health.
+TEST_F(ApiTest, StandaloneIgnoresClusterFields) {
+  auto routed = [&](std::string_view method, std::string_view target, std::string_view b = {}) {
+    ApiRequest req{method, target, {}, b};
+    req.content_type = "application/json";
+    req.cluster = "other";
+    req.hops = kMaxHopsHeaderValue;
+    req.fallback = true;
+    std::optional<ApiResponse> got;
+    api_.handle(req, [&](ApiResponse r) { got = std::move(r); });
+    executor_.run_all();
+    EXPECT_TRUE(got.has_value());
+    return got ? std::move(*got) : ApiResponse{};
+  };
+  ApiResponse created = routed("POST", "/timer", body(60'000));
+  EXPECT_EQ(created.status, 201) << created.body;
+  auto id = boost::json::parse(created.body).at("id").as_string();
+  EXPECT_EQ(routed("GET", "/timer/" + std::string(id)).status, 200);
+  expect_error(routed("GET", "/cluster"), 404);
+  expect_error(routed("POST", "/cluster/moves", "[]"), 404);
+  EXPECT_FALSE(contains(routed("GET", "/health").body, "\"cluster\""));
+}
+
 }  // namespace
 }  // namespace skyring

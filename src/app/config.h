@@ -38,6 +38,10 @@ struct Config {
   size_t max_queued_deliveries = 100'000;
   int64_t shutdown_timeout_ms = 10'000;
   size_t max_body_buffer = 256 * 1024 * 1024;  // bytes of request bodies buffered at once
+  // Cluster (README, Cluster)
+  int64_t heartbeat_interval_ms = 1000;
+  int64_t member_timeout_ms = 5000;
+  int64_t leave_timeout_ms = 120'000;
 };
 
 // argv after "run": flags; env: the process environment (name -> value).

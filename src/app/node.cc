@@ -13,7 +13,17 @@
 
 #include <fmt/format.h>
 
+#include <ifaddrs.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
+
 #include "api/api.h"
+#include "cluster/events.h"
+#include "cluster/membership.h"
+#include "cluster/mover.h"
+#include "cluster/nats_bus.h"
+#include "cluster/peer_client.h"
+#include "cluster/router.h"
 #include "base/clock.h"
 #include "base/log.h"
 #include "base/metrics.h"
@@ -110,12 +120,43 @@ std::string random_node_id() {
   return fmt::format("node-{:08x}{:04x}", rd(), rd() & 0xffff);
 }
 
+// The address peers use when --advertise is not given: the bind address unless it is a
+// wildcard, else the first non-loopback IPv4 address of this host, else 127.0.0.1.
+std::string default_advertise(const std::string& host, uint16_t port) {
+  if (host != "0.0.0.0" && host != "::" && !host.empty()) {
+    return host.find(':') != std::string::npos ? fmt::format("[{}]:{}", host, port)
+                                               : fmt::format("{}:{}", host, port);
+  }
+  std::string ip = "127.0.0.1";
+  ifaddrs* ifs = nullptr;
+  if (getifaddrs(&ifs) == 0) {
+    for (ifaddrs* i = ifs; i != nullptr; i = i->ifa_next) {
+      if (i->ifa_addr == nullptr || i->ifa_addr->sa_family != AF_INET) continue;
+      char buf[INET_ADDRSTRLEN] = {};
+      auto* sin = reinterpret_cast<sockaddr_in*>(i->ifa_addr);
+      if (inet_ntop(AF_INET, &sin->sin_addr, buf, sizeof buf) == nullptr) continue;
+      if (std::string_view(buf).starts_with("127.")) continue;
+      ip = buf;
+      break;
+    }
+    freeifaddrs(ifs);
+  }
+  return fmt::format("{}:{}", ip, port);
+}
+
+// The cluster layer of a node started with --nats (docs/cluster.md).
+struct ClusterParts {
+  std::unique_ptr<cluster::NatsBus> bus;
+  std::unique_ptr<cluster::Membership> membership;
+  std::unique_ptr<cluster::PeerClient> peers;
+  std::unique_ptr<cluster::EventPublisher> events;
+  std::unique_ptr<cluster::Mover> mover;
+  std::unique_ptr<cluster::Router> router;
+};
+
 }  // namespace
 
 int run_node(const Config& config) {
-  if (!config.nats.empty()) {
-    return config_error("--nats: clustering is not available in this build yet; run standalone");
-  }
   if (!config.transports.empty()) {
     return config_error("--transport: transport plugins are not available in this build yet");
   }
@@ -185,9 +226,11 @@ int run_node(const Config& config) {
       std::min(config.max_inflight_per_destination, http_opts.max_connections_total);
   transports.add(std::make_unique<HttpTransport>(http_opts));
 
+  EngineOptions eopts;
   CommitterOptions copts;
   copts.sync = durable;
-  copts.max_queue_ops = config.max_pending_writes * 4 + config.max_inflight * 4 + 65536;
+  copts.max_queue_ops =
+      config.max_pending_writes * 4 + config.max_inflight * 4 + 65536 + 2 * eopts.max_move_ops;
   CommitterProbe cprobe;
   cprobe.commit_seconds =
       &metrics.histogram("skyring_storage_commit_seconds",
@@ -197,7 +240,6 @@ int run_node(const Config& config) {
                          {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096});
   GroupCommitter committer(*kv, loop, copts, cprobe);
 
-  EngineOptions eopts;
   eopts.max_inflight = config.max_inflight;
   eopts.max_inflight_per_destination = config.max_inflight_per_destination;
   eopts.max_unsettled = config.max_pending_writes;
@@ -205,6 +247,9 @@ int run_node(const Config& config) {
   eopts.delivery_timeout_ms = config.delivery_timeout_ms;
   TimerEngine engine(clock, loop, loop, store, committer, transports, eopts,
                      EngineProbe::make(metrics));
+  const bool clustered = !config.nats.empty();
+  // A clustered node fires nothing before it knows the ring (docs/cluster.md, "Restart").
+  if (clustered) engine.hold_firing(true);
   int64_t t0 = monotonic_us();
   auto recovered = engine.recover();
   if (!recovered)
@@ -213,20 +258,103 @@ int run_node(const Config& config) {
             (monotonic_us() - t0) / 1000, config.storage, node_id);
   log_descriptor_plan(fds, fd_plan, config);
 
-  RetentionPurger purger(store, clock, PurgerOptions{}, PurgerProbe::make(metrics));
+
+  ClusterParts cl;
+  if (clustered) {
+    cluster::NatsOptions nopts;
+    nopts.urls = config.nats;
+    nopts.name = node_id;
+    auto bus = cluster::NatsBus::start(nopts, loop, metrics);
+    if (!bus) return config_error(bus.error().message);
+    cl.bus = std::move(*bus);
+    cluster::MembershipOptions mopts;
+    mopts.cluster = config.cluster;
+    mopts.self.id = node_id;
+    mopts.self.address =
+        config.advertise.empty() ? default_advertise(config.host, *port) : config.advertise;
+    mopts.heartbeat_ms = config.heartbeat_interval_ms;
+    mopts.member_timeout_ms = config.member_timeout_ms;
+    mopts.discovery_ms = std::max<int64_t>(1500, config.heartbeat_interval_ms * 3 / 2);
+    cl.membership = std::make_unique<cluster::Membership>(*cl.bus, clock, mopts, metrics);
+    cl.peers = std::make_unique<cluster::PeerClient>(cluster::PeerClientOptions{});
+    cl.events = std::make_unique<cluster::EventPublisher>(*cl.bus, node_id, config.cluster);
+    engine.set_observer(cl.events.get());
+    cluster::MoverOptions mvopts;
+    mvopts.self_id = node_id;
+    mvopts.cluster = config.cluster;
+    cl.mover = std::make_unique<cluster::Mover>(engine, *cl.membership, *cl.peers, loop, mvopts,
+                                                metrics);
+    cluster::RouterOptions ropts;
+    ropts.cluster = config.cluster;
+    ropts.self_id = node_id;
+    ropts.nats_connected = [bus = cl.bus.get()] { return bus->connected(); };
+    cl.router = std::make_unique<cluster::Router>(engine, *cl.membership, *cl.peers, loop,
+                                                  *cl.mover, ropts, metrics);
+    cl.membership->on_ring_change([&cl] { cl.mover->ring_changed(); });
+    cl.mover->on_settled([&cl](const cluster::MoveStats& st) {
+      cl.events->node_event("rebalance", fmt::format(R"("moved_out":{},"moved_in":{})",
+                                                      st.moved_out, st.moved_in));
+    });
+    cl.membership->start();
+    cl.mover->start();
+    size_t waiting = *recovered;
+    loop.every(100, [&cl, &engine, waiting] {
+      cl.membership->tick();
+      cl.mover->tick();
+      if (engine.firing_held() && cl.membership->ring_known()) {
+        log::info("ring known ({} members, version {}): delivering", cl.membership->ring().size(),
+                  cl.membership->ring_version());
+        engine.hold_firing(false);
+        cl.events->node_event("recover", fmt::format(R"("timers":{})", waiting));
+      }
+    });
+    log::info("cluster '{}' over NATS {}: this node is {} at {}", config.cluster, config.nats,
+              node_id, mopts.self.address);
+  }
+
+  PurgerOptions popts;
+  if (clustered) {
+    popts.on_caught_up = [events = cl.events.get()](size_t n) {
+      events->node_event("purge", fmt::format(R"("count":{})", n));
+    };
+  }
+  RetentionPurger purger(store, clock, popts, PurgerProbe::make(metrics));
   purger.start();
 
   ApiOptions aopts;
   aopts.node_id = node_id;
+  aopts.router = cl.router.get();
   Api api(engine, transports, metrics, clock, aopts);
   api_ptr = &api;
   if (auto started = server.start(); !started) return config_error(started.error().message);
 
   loop.set_on_wake([&engine] { engine.tick(); });
   log::always("skyring {} listening on {}:{} (node {})", kVersion, config.host, *port, node_id);
+  if (clustered) cl.events->node_event("ready", fmt::format(R"("address":"{}")", *port));
   engine.tick();
   loop.run();
 
+  // A clustered node leaves the ring and hands its timers over while it still serves:
+  // requests for them are forwarded to their new owners meanwhile (docs/cluster.md, "Leave").
+  bool handed_over = false;
+  if (clustered) {
+    cl.membership->leave();
+    cl.mover->ring_changed();
+    if (cl.membership->ring().empty()) {
+      log::info("shutting down (signal {}): last node of the ring; timers stay in {}",
+                signal_seen, config.data_dir);
+    } else {
+      log::info("shutting down (signal {}): handing {} waiting timers to {} members",
+                signal_seen, engine.waiting(), cl.membership->ring().size());
+      int64_t t_leave = monotonic_us();
+      handed_over = loop.run_until(
+          [&] { return cl.mover->settled() && engine.moving_count() == 0; },
+          config.leave_timeout_ms);
+      log::info("handoff {} in {} ms: {} timers moved out, {} still here",
+                handed_over ? "done" : "timed out", (monotonic_us() - t_leave) / 1000,
+                cl.mover->stats().moved_out, engine.waiting());
+    }
+  }
   log::info("shutting down (signal {}): draining requests and deliveries", signal_seen);
   server.stop_accepting();
   engine.stop_firing();
@@ -241,6 +369,19 @@ int run_node(const Config& config) {
   loop.run_until([&] { return engine.inflight() == 0; }, 5000);
   stopper.join();
   loop.run_until([&] { return engine.backlog() == 0; }, 10000);
+  if (clustered) {
+    // Attempts that ended during the drain left final records: they move too.
+    if (handed_over && !cl.membership->ring().empty()) {
+      cl.mover->ring_changed();
+      loop.run_until([&] { return cl.mover->settled() && engine.moving_count() == 0; }, 10000);
+    }
+    purger.stop();  // its "purge" events go through the bus
+    cl.membership->gone();
+    cl.events->node_event("shutdown");
+    cl.peers->stop();
+    cl.bus->stop();
+    engine.set_observer(nullptr);
+  }
   committer.stop();
   purger.stop();
   loop.run_until([&] { return engine.backlog() == 0; }, 1000);

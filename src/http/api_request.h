@@ -20,6 +20,20 @@ inline void limit_request_parser(HttpRequestParser& parser, size_t max_header_by
   parser.body_limit(max_body_bytes);
 }
 
+// x-skyring-hops (absent: 0, not parsed): a decimal number up to kMaxHopsHeaderValue;
+// anything else (empty, garbage, negative, huge) -> kMaxHopsHeaderValue, so a request whose
+// count we cannot read is never forwarded again.
+inline int parse_hops(std::string_view v) {
+  if (v.empty()) return kMaxHopsHeaderValue;
+  if (v.size() > 3) return kMaxHopsHeaderValue;
+  int n = 0;
+  for (char c : v) {
+    if (c < '0' || c > '9') return kMaxHopsHeaderValue;
+    n = n * 10 + (c - '0');
+  }
+  return n > kMaxHopsHeaderValue ? kMaxHopsHeaderValue : n;
+}
+
 // The views point into `req`, which must outlive the ApiRequest.
 inline ApiRequest to_api_request(
     const boost::beast::http::request<boost::beast::http::string_body>& req) {
@@ -29,6 +43,12 @@ inline ApiRequest to_api_request(
   auto tid = req["x-timer-id"];
   areq.timer_id = std::string_view(tid.data(), tid.size());
   areq.body = req.body();
+  auto view = [](boost::beast::string_view v) { return std::string_view(v.data(), v.size()); };
+  areq.content_type = view(req[boost::beast::http::field::content_type]);
+  areq.cluster = view(req["x-skyring-cluster"]);
+  auto hops = req.find("x-skyring-hops");
+  if (hops != req.end()) areq.hops = parse_hops(view(hops->value()));
+  areq.fallback = req.find("x-skyring-fallback") != req.end();
   return areq;
 }
 

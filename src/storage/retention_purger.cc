@@ -68,8 +68,14 @@ void RetentionPurger::set_lag(int64_t us) {
 }
 
 void RetentionPurger::run() {
+  size_t since_caught_up = 0;
   for (;;) {
     auto n = run_once();
+    if (n) since_caught_up += *n;
+    if (n && *n < options_.batch && since_caught_up > 0) {
+      if (options_.on_caught_up) options_.on_caught_up(since_caught_up);
+      since_caught_up = 0;
+    }
     if (!n) {
       if (probe_.errors) probe_.errors->inc();
       cursor_.reset();

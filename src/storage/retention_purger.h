@@ -31,6 +31,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -47,6 +48,9 @@ struct PurgerOptions {
   size_t batch = 10'000;       // records deleted per write
   int64_t period_ms = 500;     // sleep when caught up
   int64_t rescan_ms = 60'000;  // drop the cursor this often
+  // Called on the purger's thread when it has caught up after purging `n` records (the
+  // cluster's "purge" node event). Must not block.
+  std::function<void(size_t n)> on_caught_up;
 };
 
 struct PurgerProbe {

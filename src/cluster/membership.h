@@ -1,0 +1,148 @@
+// Membership: who is in the ring, learned only through NATS (docs/cluster.md, "Membership").
+//
+// Protocol (core NATS, subject "skyring.<cluster>.members", one JSON object per message):
+//   {"v":1,"type":"hello"|"heartbeat"|"leave"|"gone","id":..,"address":"host:port",
+//    "state":"active"|"leaving","incarnation":N,"settled":"<hex ring fingerprint>"}
+//   * start(): subscribes, then publishes "hello"; every member that hears a hello answers at
+//     once with its heartbeat, so a joining node has the whole membership within one round
+//     trip (the snapshot), and every other node sees the joiner at once.
+//   * Every heartbeat_ms each node publishes a heartbeat. A member not heard from for
+//     member_timeout_ms is dropped (a crashed node); "leave" takes a member out of the ring at
+//     once but keeps it reachable (it is handing its timers over); "gone" removes it.
+//   * While this node's own NATS connection is down nobody is dropped (silence then says
+//     nothing about the others); on reconnect every member's clock restarts and a hello asks
+//     for fresh heartbeats.
+//   * "settled" is the fingerprint of the ring for which the sender holds no timer it does not
+//     own (its moves are done). While some reachable member has not settled on the current
+//     ring, earlier rings are kept (history) so that a request can also look where a timer
+//     may still be (previous_owners()).
+//
+// Bad input: anybody may publish on the subject. A message that is not exactly the object
+// above (size <= 4 KiB, id and address 1..256 bytes, known type and state, incarnation a
+// non-negative integer, settled hex) is counted (skyring_cluster_bad_messages_total), logged
+// rate-limited and ignored. Our own id with our incarnation is our own message coming back;
+// with another incarnation it is another process using our node id: logged as an error
+// (rate-limited), counted (skyring_cluster_id_conflicts_total), ignored. For another member, a
+// message of an older incarnation than the one known is ignored; a newer one replaces it.
+//
+// Metrics: skyring_cluster_members (reachable), skyring_cluster_ring_size,
+// skyring_cluster_ring_version, skyring_cluster_ring_changes_total, and the two above.
+//
+// Threading: everything runs on the engine's executor (the NatsBus posts there); tick() is
+// called periodically by the node (every ~100 ms).
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "base/clock.h"
+#include "base/log.h"
+#include "base/metrics.h"
+#include "cluster/nats_bus.h"
+#include "cluster/ring.h"
+
+namespace skyring::cluster {
+
+struct MembershipOptions {
+  std::string cluster = "skyring";
+  Member self;
+  int64_t heartbeat_ms = 1000;
+  int64_t member_timeout_ms = 5000;  // a silent member is dropped after this
+  // After the hello, how long to wait for answers before the ring counts as known when no
+  // answer comes (alone in the cluster); also the wait before a node with no NATS at all
+  // decides it is alone.
+  int64_t discovery_ms = 1500;
+  RingParams ring;
+  size_t max_history = 4;  // earlier rings kept while moves settle
+};
+
+struct MemberInfo {
+  Member member;
+  bool leaving = false;
+  uint64_t incarnation = 0;  // the sender's start time (us): a restart is a new incarnation
+  uint64_t settled = 0;      // ring fingerprint it reports settled on
+  int64_t last_seen_us = 0;  // monotonic
+  bool self = false;
+};
+
+class Membership {
+ public:
+  Membership(NatsBus& bus, const Clock& clock, MembershipOptions options, Registry& metrics);
+  ~Membership();
+  Membership(const Membership&) = delete;
+  Membership& operator=(const Membership&) = delete;
+
+  void start();
+  void tick();  // heartbeats, expiry, discovery deadline
+
+  // Active members (self included unless leaving). Rebuilt on every change.
+  const Ring& ring() const { return ring_; }
+  uint64_t ring_version() const { return ring_version_; }  // local count of ring changes
+  // Called (on the executor) after every ring change.
+  void on_ring_change(std::function<void()> fn) { on_change_ = std::move(fn); }
+  // True once the first snapshot arrived or discovery_ms passed: firing may start.
+  bool ring_known() const { return ring_known_; }
+
+  // Reachable members, active and leaving, self included.
+  std::vector<MemberInfo> members() const;
+  const MemberInfo* find(std::string_view id) const;
+
+  // This node stops owning anything: out of every ring at once, still reachable.
+  void leave();
+  // Last message before exit: everybody forgets this node at once.
+  void gone();
+  void set_settled(uint64_t fingerprint);
+  // Every reachable member reports settled on the current ring.
+  bool settled_everywhere() const;
+  // Where else `timer_id` may still be held: owners in earlier rings (newest first) that are
+  // reachable, not self and not the current owner. Empty once everyone has settled.
+  std::vector<Member> previous_owners(std::string_view timer_id) const;
+
+ private:
+  struct Message;  // one parsed protocol message (membership.cc)
+
+  void handle(std::string_view data);
+  void apply(const Message& m, int64_t now_us);
+  void on_connection(bool connected);
+  void publish(std::string_view type);
+  void expire(int64_t now_us);
+  void rebuild_ring();
+  void maybe_clear_history();
+  void update_gauges();
+
+  NatsBus& bus_;
+  const MembershipOptions options_;
+  const std::string subject_;
+  MemberInfo self_;
+  std::map<std::string, MemberInfo, std::less<>> others_;  // reachable members except self
+  std::deque<Ring> history_;  // earlier rings, newest first, at most max_history
+  bool started_ = false;
+  bool gone_ = false;
+  bool connected_ = false;         // as last reported on the executor (not the bus's live flag)
+  int64_t start_us_ = 0;           // monotonic
+  int64_t last_heartbeat_us_ = 0;  // monotonic
+  // Bus callbacks hold a weak_ptr to this: the bus (and its subscription) may outlive us.
+  std::shared_ptr<Membership*> alive_;
+  log::Limiter bad_limiter_;
+  log::Limiter conflict_limiter_;
+  Gauge& members_gauge_;
+  Gauge& ring_size_gauge_;
+  Gauge& ring_version_gauge_;
+  Counter& ring_changes_;
+  Counter& bad_messages_;
+  Counter& id_conflicts_;
+
+  Ring ring_;
+  uint64_t ring_version_ = 0;
+  bool ring_known_ = false;
+  std::function<void()> on_change_;
+};
+
+}  // namespace skyring::cluster
