@@ -1,6 +1,7 @@
 #include "app/config.h"
 
 #include <algorithm>
+#include <cctype>
 #include <charconv>
 #include <functional>
 #include <optional>
@@ -75,6 +76,79 @@ std::function<Result<void>(Config&, const std::string&)> choice_field(
     }
     return bad(name, fmt::format("'{}' is not one of {}", v, fmt::join(choices, ", ")));
   };
+}
+
+bool valid_port(std::string_view p) {
+  if (p.empty() || p.size() > 5) return false;
+  if (!std::all_of(p.begin(), p.end(), [](char ch) { return ch >= '0' && ch <= '9'; })) return false;
+  int n = std::stoi(std::string(p));
+  return n >= 1 && n <= 65535;
+}
+
+// host:port, host[:port] with an optional scheme and user info for NATS; the host is a name,
+// an IPv4 address or a bracketed IPv6 literal.
+bool valid_host_port(std::string_view hp, bool port_required) {
+  std::string_view host = hp;
+  std::string_view port;
+  if (hp.starts_with("[")) {
+    size_t close = hp.find(']');
+    if (close == std::string_view::npos || close == 1) return false;
+    host = hp.substr(1, close - 1);
+    std::string_view rest = hp.substr(close + 1);
+    if (!rest.empty()) {
+      if (rest[0] != ':') return false;
+      port = rest.substr(1);
+      if (!valid_port(port)) return false;
+    } else if (port_required) {
+      return false;
+    }
+    return true;
+  }
+  size_t colon = hp.rfind(':');
+  if (colon != std::string_view::npos) {
+    host = hp.substr(0, colon);
+    port = hp.substr(colon + 1);
+    if (!valid_port(port)) return false;
+  } else if (port_required) {
+    return false;
+  }
+  if (host.empty()) return false;
+  return std::all_of(host.begin(), host.end(), [](char ch) {
+    return std::isalnum(static_cast<unsigned char>(ch)) || ch == '.' || ch == '-' || ch == '_';
+  });
+}
+
+Result<void> check_nats_urls(const std::string& urls) {
+  if (urls.empty()) return {};
+  size_t start = 0;
+  while (start <= urls.size()) {
+    size_t comma = urls.find(',', start);
+    std::string_view u(urls);
+    u = u.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    while (!u.empty() && u.front() == ' ') u.remove_prefix(1);
+    while (!u.empty() && u.back() == ' ') u.remove_suffix(1);
+    std::string_view rest = u;
+    if (size_t sep = rest.find("://"); sep != std::string_view::npos) {
+      std::string_view scheme = rest.substr(0, sep);
+      if (scheme != "nats" && scheme != "tls") {
+        return bad("nats", fmt::format("'{}': the scheme must be nats:// or tls://", u));
+      }
+      rest = rest.substr(sep + 3);
+    }
+    if (size_t at = rest.rfind('@'); at != std::string_view::npos) rest = rest.substr(at + 1);
+    if (!rest.empty() && rest.back() == '/') rest.remove_suffix(1);
+    if (!valid_host_port(rest, false)) {
+      return bad("nats", fmt::format("'{}' is not a NATS URL (nats://host:port)", u));
+    }
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  return {};
+}
+
+Result<void> check_advertise(const std::string& a) {
+  if (a.empty() || valid_host_port(a, true)) return {};
+  return bad("advertise", fmt::format("'{}' is not host:port", a));
 }
 
 const std::vector<Option>& options() {
@@ -247,6 +321,9 @@ Result<Config> load_config(const std::vector<std::string>& args,
       if (auto r = o.set(c, v); !r) return tl::unexpected(r.error());
     }
   }
+  if (auto r = check_nats_urls(c.nats); !r) return tl::unexpected(r.error());
+  if (!c.nats.empty() && c.cluster.empty()) return bad("cluster", "must not be empty");
+  if (auto r = check_advertise(c.advertise); !r) return tl::unexpected(r.error());
   return c;
 }
 

@@ -141,6 +141,36 @@ TEST(Config, PortRange) {
   expect_error({"--port"}, {}, "--port");
 }
 
+TEST(Config, NatsUrlsAndAdvertise) {
+  EXPECT_EQ(load_ok({"--nats", "nats://127.0.0.1:4222"}).nats, "nats://127.0.0.1:4222");
+  load_ok({"--nats", "nats://a.example:4222, nats://user:pw@b.example:4223,tls://[::1]:4222"});
+  load_ok({"--nats", "localhost:4222"});
+  load_ok({"--nats", "nats://nats.internal"});
+  expect_error({"--nats", "not a url"}, {}, "--nats");
+  expect_error({"--nats", "nats://127.0.0.1:99999"}, {}, "--nats");
+  expect_error({"--nats", "http://127.0.0.1:4222"}, {}, "--nats");
+  expect_error({"--nats", "nats://"}, {}, "--nats");
+  expect_error({"--nats", "nats://a:1,,nats://b:2"}, {}, "--nats");
+  expect_error({"--nats", "nats://a:1", "--cluster", ""}, {}, "--cluster");
+  EXPECT_EQ(load_ok({"--advertise", "10.0.0.5:3000"}).advertise, "10.0.0.5:3000");
+  load_ok({"--advertise", "[fd00::1]:3000"});
+  load_ok({"--advertise", "node-1.example:3000"});
+  expect_error({"--advertise", "10.0.0.5"}, {}, "--advertise");
+  expect_error({"--advertise", "10.0.0.5:0"}, {}, "--advertise");
+  expect_error({"--advertise", "a b:3000"}, {}, "--advertise");
+}
+
+TEST(Config, ClusterTuning) {
+  Config c = load_ok({"--heartbeat-interval", "200ms", "--member-timeout", "2s", "--leave-timeout",
+                      "30s"});
+  EXPECT_EQ(c.heartbeat_interval_ms, 200);
+  EXPECT_EQ(c.member_timeout_ms, 2000);
+  EXPECT_EQ(c.leave_timeout_ms, 30'000);
+  Config d = load_ok({});
+  EXPECT_EQ(d.heartbeat_interval_ms, 1000);
+  EXPECT_EQ(d.member_timeout_ms, 5000);
+}
+
 TEST(Config, BadChoices) {
   expect_error({"--storage", "sqlite"}, {}, "--storage");
   expect_error({"--storage", "RocksDB"}, {}, "--storage");

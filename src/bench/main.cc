@@ -44,9 +44,9 @@ std::string describe_config(const BenchOptions& o) {
                                    : fmt::format("{} (running node)", o.url);
   std::string s = fmt::format(
       "scenarios={} storage={} connections={} duration={}ms timers={} rate={}/s capacity={} "
-      "node={}",
+      "cluster-pending={} node={}",
       fmt::join(o.scenarios, ","), o.url.empty() ? o.storage : "as running", o.connections,
-      o.duration_ms, o.timers, o.rate, o.capacity, node);
+      o.duration_ms, o.timers, o.rate, o.capacity, o.cluster_pending, node);
   if (!o.node_args.empty()) s += fmt::format(" node-args=[{}]", fmt::join(o.node_args, " "));
   if (o.smoke) s += " smoke";
   return s;
@@ -84,6 +84,7 @@ int main(int argc, char** argv) {
     if (s == "delivery") node_started = run_delivery(ctx);
     if (s == "lateness") node_started = run_lateness(ctx);
     if (s == "capacity") node_started = run_capacity(ctx);
+    if (s == "cluster") node_started = run_cluster(ctx);
     if (!node_started) break;
   }
   if (interrupted().load()) ctx.report.error("bench", "interrupted");

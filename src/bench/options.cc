@@ -70,6 +70,11 @@ std::string usage_text() {
          "  capacity   --capacity pending timers: RAM per timer, /ping latency while listing an\n"
          "             empty state among them, restart time after SIGTERM and after kill -9,\n"
          "             pending count after restart (skipped with --url)\n"
+         "  cluster    nats-server + 3 nodes on loopback: creates/s spread over the nodes with\n"
+         "             random x-timer-id vs one standalone node, deliveries exactly once through\n"
+         "             the cluster, then a 4th node joins and leaves with --cluster-pending\n"
+         "             timers pending: time until the moves are done, creates/s and errors\n"
+         "             meanwhile, none lost (skipped with --url)\n"
          "\n"
          "Options:\n"
          "  --skyring PATH      node binary (default: skyring next to skyring-bench)\n"
@@ -85,6 +90,9 @@ std::string usage_text() {
          "  --timers N          delivery: timers (default 100000)\n"
          "  --rate R            lateness: timers due per second (default 10000)\n"
          "  --capacity K        capacity: pending timers (default 1000000)\n"
+         "  --cluster-pending N cluster: far-future timers pending when the 4th node joins\n"
+         "                      (default 1000000)\n"
+         "  --nats-server PATH  cluster: nats-server binary (default: PATH, /usr/sbin, /usr/bin)\n"
          "  --storage S         rocksdb (durable, default) or memory\n"
          "  --node-arg ARG      extra flag for `skyring run`, repeatable\n"
          "                      (e.g. --node-arg=--max-inflight-per-destination=512)\n"
@@ -106,6 +114,7 @@ Result<BenchOptions> parse_options(const std::vector<std::string>& args, const s
     o.timers = 500;
     o.rate = 300;
     o.capacity = 2000;
+    o.cluster_pending = 2000;
   }
   for (size_t i = 0; i < args.size(); ++i) {
     std::string a = args[i];
@@ -131,7 +140,7 @@ Result<BenchOptions> parse_options(const std::vector<std::string>& args, const s
       if (a == "--json") o.json = true;
     } else if (a == "--skyring" || a == "--url" || a == "--connections" || a == "--duration" ||
                a == "--timers" || a == "--rate" || a == "--capacity" || a == "--storage" ||
-               a == "--node-arg") {
+               a == "--node-arg" || a == "--cluster-pending" || a == "--nats-server") {
       auto v = next();
       if (!v) return tl::unexpected(v.error());
       if (a == "--skyring") {
@@ -151,6 +160,8 @@ Result<BenchOptions> parse_options(const std::vector<std::string>& args, const s
         o.storage = *v;
       } else if (a == "--node-arg") {
         o.node_args.push_back(*v);
+      } else if (a == "--nats-server") {
+        o.nats_server = *v;
       } else {
         uint64_t max = a == "--connections" ? 10'000 : 100'000'000;
         auto n = parse_count(a, *v, 1, max);
@@ -159,14 +170,15 @@ Result<BenchOptions> parse_options(const std::vector<std::string>& args, const s
         if (a == "--timers") o.timers = *n;
         if (a == "--rate") o.rate = *n;
         if (a == "--capacity") o.capacity = *n;
+        if (a == "--cluster-pending") o.cluster_pending = *n;
       }
     } else if (a.rfind("-", 0) == 0) {
       return usage_error(fmt::format("unknown option '{}'", a));
     } else {
       if (std::find(std::begin(kScenarioNames), std::end(kScenarioNames), a) ==
           std::end(kScenarioNames)) {
-        return usage_error(
-            fmt::format("unknown scenario '{}' (create, delivery, lateness, capacity)", a));
+        return usage_error(fmt::format(
+            "unknown scenario '{}' (create, delivery, lateness, capacity, cluster)", a));
       }
       if (std::find(o.scenarios.begin(), o.scenarios.end(), a) == o.scenarios.end()) {
         o.scenarios.push_back(a);

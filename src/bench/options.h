@@ -10,7 +10,8 @@
 
 namespace skyring::bench {
 
-inline constexpr const char* kScenarioNames[] = {"create", "delivery", "lateness", "capacity"};
+inline constexpr const char* kScenarioNames[] = {"create", "delivery", "lateness", "capacity",
+                                                 "cluster"};
 
 struct BenchOptions {
   std::vector<std::string> scenarios;  // in run order; default: all of kScenarioNames
@@ -21,11 +22,13 @@ struct BenchOptions {
   bool json = false;
   bool smoke = false;
   size_t connections = 64;
-  int64_t duration_ms = 10'000;   // create: measured time; lateness: span of due times
-  int64_t warmup_ms = 1'000;      // create: not measured
-  uint64_t timers = 100'000;      // delivery: timers due in one short window
-  uint64_t rate = 10'000;         // lateness: timers due per second
-  uint64_t capacity = 1'000'000;  // capacity: pending timers
+  int64_t duration_ms = 10'000;          // create: measured time; lateness: span of due times
+  int64_t warmup_ms = 1'000;             // create: not measured
+  uint64_t timers = 100'000;             // delivery: timers due in one short window
+  uint64_t rate = 10'000;                // lateness: timers due per second
+  uint64_t capacity = 1'000'000;         // capacity: pending timers
+  uint64_t cluster_pending = 1'000'000;  // cluster: far-future timers pending at the join
+  std::string nats_server;               // cluster: nats-server binary (default: PATH, /usr/sbin)
   std::string storage = "rocksdb";
   std::vector<std::string> node_args;  // extra `skyring run` flags (--node-arg)
 };

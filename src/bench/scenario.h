@@ -9,6 +9,8 @@
 // capacity  many pending timers: RAM per timer; listing an empty waiting state among them while
 //           /ping is timed (the node must not stall); restart time (SIGTERM and kill -9), and
 //           the pending count after each restart.
+// cluster   nats-server + 3 nodes: creates/s through the cluster vs one node, deliveries exactly
+//           once, a 4th node joining and leaving with many timers pending (cluster_scenario.cc).
 #pragma once
 
 #include <cstdint>
@@ -61,5 +63,6 @@ bool run_create(ScenarioContext& ctx);
 bool run_delivery(const ScenarioContext& ctx);
 bool run_lateness(const ScenarioContext& ctx);
 bool run_capacity(const ScenarioContext& ctx);
+bool run_cluster(const ScenarioContext& ctx);
 
 }  // namespace skyring::bench

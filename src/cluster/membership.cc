@@ -93,6 +93,13 @@ void Membership::start() {
 void Membership::tick() {
   if (!started_ || gone_) return;
   int64_t now = monotonic_us();
+  if (!ring_known_ && first_answer_us_ != 0 &&
+      now - first_answer_us_ >= options_.answer_quiet_ms * 1000) {
+    // The others answer a hello within a round trip: a short wait after the first answer lets
+    // the rest of them arrive, so the first ring acted on is the whole one.
+    ring_known_ = true;
+    log::info("membership: the ring is known: {} member(s)", ring_.size());
+  }
   if (!ring_known_ && now - start_us_ >= options_.discovery_ms * 1000) {
     ring_known_ = true;
     log::info("membership: no answer within {} ms: the ring is {} member(s)", options_.discovery_ms,
@@ -210,11 +217,20 @@ void Membership::apply(const Message& m, int64_t now_us) {
     }
     return;
   }
-  if (started_ && !ring_known_) {
-    ring_known_ = true;
-    log::info("membership: first answer from {}: the ring is known", m.id);
+  if (started_ && !ring_known_ && first_answer_us_ == 0) {
+    first_answer_us_ = now_us;
+    log::info("membership: first answer from {}", m.id);
+    if (options_.answer_quiet_ms <= 0) ring_known_ = true;
   }
   if (it == others_.end() || m.incarnation > it->second.incarnation) {
+    if (it == others_.end() && others_.size() + 1 >= options_.max_members) {
+      bad_messages_.inc();
+      if (uint64_t dropped = 0; bad_limiter_.allow(&dropped)) {
+        log::warn("membership: ignoring {}: already {} members (the limit){}", m.id,
+                  options_.max_members, log::Limiter::note(dropped));
+      }
+      return;
+    }
     if (it == others_.end()) {
       log::info("member {} joined at {}", m.id, m.address);
       it = others_.emplace(m.id, MemberInfo{}).first;
@@ -255,12 +271,15 @@ void Membership::rebuild_ring() {
   for (const auto& [id, info] : others_) {
     if (!info.leaving) active.push_back(info.member);
   }
+  std::vector<Member> others_active(active.begin() + (self_.leaving ? 0 : 1), active.end());
+  without_self_ = Ring(std::move(others_active), options_.ring);
   Ring next(std::move(active), options_.ring);
   if (next.fingerprint() == ring_.fingerprint()) {
     update_gauges();
     return;
   }
-  if (!ring_.empty() && options_.max_history > 0) {
+  // Rings seen while joining are partial (members arrive one by one): not worth asking.
+  if (!ring_.empty() && options_.max_history > 0 && ring_known_) {
     history_.push_front(std::move(ring_));
     while (history_.size() > options_.max_history) history_.pop_back();
   }
@@ -330,16 +349,22 @@ bool Membership::settled_everywhere() const {
 
 std::vector<Member> Membership::previous_owners(std::string_view timer_id) const {
   std::vector<Member> out;
+  if (history_.empty() && settled_everywhere()) return out;
   const Member* current = ring_.owner(timer_id);
-  for (const Ring& ring : history_) {
+  // Earlier rings (a member that left still holds its timers until its handoff ends), then the
+  // owner the id would have without this node: where a timer waits while it moves to a node
+  // that joined (the joiner itself has no earlier ring worth asking).
+  auto consider = [&](const Ring& ring) {
     const Member* o = ring.owner(timer_id);
-    if (o == nullptr || o->id == self_.member.id) continue;
-    if (current != nullptr && o->id == current->id) continue;
+    if (o == nullptr || o->id == self_.member.id) return;
+    if (current != nullptr && o->id == current->id) return;
     const MemberInfo* reachable = find(o->id);
-    if (reachable == nullptr) continue;
+    if (reachable == nullptr) return;
     bool seen = std::any_of(out.begin(), out.end(), [&](const Member& m) { return m.id == o->id; });
     if (!seen) out.push_back(reachable->member);
-  }
+  };
+  for (const Ring& ring : history_) consider(ring);
+  consider(without_self_);
   return out;
 }
 

@@ -59,8 +59,12 @@ struct MembershipOptions {
   // answer comes (alone in the cluster); also the wait before a node with no NATS at all
   // decides it is alone.
   int64_t discovery_ms = 1500;
+  // After the first answer to the hello, how long to let the others' answers arrive before the
+  // ring counts as known (0: at once).
+  int64_t answer_quiet_ms = 300;
   RingParams ring;
-  size_t max_history = 4;  // earlier rings kept while moves settle
+  size_t max_history = 4;     // earlier rings kept while moves settle
+  size_t max_members = 1024;  // members known at once (self included); more are ignored
 };
 
 struct MemberInfo {
@@ -87,7 +91,8 @@ class Membership {
   uint64_t ring_version() const { return ring_version_; }  // local count of ring changes
   // Called (on the executor) after every ring change.
   void on_ring_change(std::function<void()> fn) { on_change_ = std::move(fn); }
-  // True once the first snapshot arrived or discovery_ms passed: firing may start.
+  // True 300 ms after the first answer to the hello (the others answer within a round trip),
+  // or once discovery_ms passed without one: firing and moves may start.
   bool ring_known() const { return ring_known_; }
 
   // Reachable members, active and leaving, self included.
@@ -123,6 +128,8 @@ class Membership {
   MemberInfo self_;
   std::map<std::string, MemberInfo, std::less<>> others_;  // reachable members except self
   std::deque<Ring> history_;  // earlier rings, newest first, at most max_history
+  Ring without_self_;         // the active members but this node: previous_owners() asks it
+  int64_t first_answer_us_ = 0;  // monotonic time of the first message from another member
   bool started_ = false;
   bool gone_ = false;
   bool connected_ = false;         // as last reported on the executor (not the bus's live flag)

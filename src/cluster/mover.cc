@@ -112,6 +112,8 @@ void Mover::start() {
 void Mover::ring_changed() {
   rescan_ = true;
   settled_ = false;
+  // Ids queued under the old ring may have another owner now: the new pass finds them again.
+  queue_.clear();
   schedule_pump();
 }
 
@@ -151,7 +153,7 @@ void Mover::tick() {
       ++inflight_;
       if (b->body.empty()) {
         // Found at recovery: the records are read again under the same token.
-        start_batch(b->dest, std::move(b->ids), b->token);
+        start_batch(b->dest, std::move(b->ids), b->token, /*resend=*/true);
       } else {
         send(std::move(b));
       }
@@ -179,10 +181,11 @@ void Mover::schedule_pump() {
 
 void Mover::pump() {
   if (!membership_.ring_known()) return;
-  if (phase_ == Phase::kIdle && rescan_) {
+  if (phase_ == Phase::kIdle && rescan_ && monotonic_us() >= pass_not_before_us_) {
     rescan_ = false;
     phase_ = Phase::kWaiting;
     slot_cursor_ = 0;
+    pass_generation_ = engine_.slot_table_generation();
     final_cursor_.clear();
     pass_found_ = false;
     pass_ring_ = membership_.ring().fingerprint();
@@ -204,7 +207,7 @@ void Mover::pump() {
       std::string dest = it->first;
       if (it->second.empty()) it = queue_.erase(it);
       ++inflight_;
-      start_batch(std::move(dest), std::move(ids), new_token());
+      start_batch(std::move(dest), std::move(ids), new_token(), /*resend=*/false);
     } else {
       ++it;
     }
@@ -239,13 +242,20 @@ bool Mover::scan_some() {
   std::string dest;
   if (phase_ == Phase::kWaiting) {
     std::vector<std::string> ids;
+    size_t busy = 0;
     bool done = engine_.scan_waiting(
         &slot_cursor_, options_.scan_chunk,
-        [&](const std::string& id) { return foreign(id, &dest); }, &ids);
+        [&](const std::string& id) { return foreign(id, &dest); }, &ids, &busy);
     for (const std::string& id : ids) {
       if (foreign(id, &dest)) queue_id(id, dest);
     }
-    if (done) phase_ = Phase::kSucceeded;
+    // A foreign timer whose attempt is in flight moves after it: this pass does not settle.
+    if (busy > 0) pass_found_ = true;
+    if (done) {
+      // The slot table rehashed during the pass: a chunk may have missed timers.
+      if (engine_.slot_table_generation() != pass_generation_) pass_found_ = true;
+      phase_ = Phase::kSucceeded;
+    }
     return true;
   }
   State state = phase_ == Phase::kSucceeded ? State::kSucceeded
@@ -273,20 +283,50 @@ bool Mover::scan_some() {
   return phase_ != Phase::kIdle || !queue_.empty();
 }
 
-void Mover::start_batch(std::string dest, std::vector<std::string> ids, std::string token) {
+void Mover::start_batch(std::string dest, std::vector<std::string> ids, std::string token,
+                        bool resend) {
   auto b = std::make_shared<Batch>();
   b->dest = dest;
   b->token = token;
   b->retry_ms = options_.retry_min_ms;
+  auto resend_ids = std::make_shared<std::vector<std::string>>();
+  if (resend) *resend_ids = ids;
   engine_.begin_move(
       std::move(ids), dest, token,
-      [this, alive = alive_, b](Result<std::vector<TimerRecord>> records) {
+      [this, alive = alive_, b, resend_ids, resend](Result<std::vector<TimerRecord>> records) {
         if (!*alive) return;
         if (!records) {
-          // Overloaded or failed: nothing was marked; a later pass finds these again.
           --inflight_;
+          if (resend) {
+            // A resend of marks found at recovery: the marks stay, so it must be tried again.
+            b->ids = std::move(*resend_ids);
+            b->next_try_us = monotonic_us() + options_.retry_max_ms * 1000;
+            retrying_.push_back(b);
+            return;
+          }
+          // Overloaded or failed: nothing was marked; a later pass finds these again.
           rescan_ = true;
+          back_off_passes();
+          schedule_pump();
           return;
+        }
+        if (resend) {
+          // Marked ids whose record could not be read now (a read error): tried again later.
+          std::vector<std::string> missing;
+          for (const std::string& id : *resend_ids) {
+            bool got = std::any_of(records->begin(), records->end(),
+                                   [&](const TimerRecord& r) { return r.id == id; });
+            if (!got && engine_.moving_under(id, b->token)) missing.push_back(id);
+          }
+          if (!missing.empty()) {
+            auto again = std::make_shared<Batch>();
+            again->dest = b->dest;
+            again->token = b->token;
+            again->ids = std::move(missing);
+            again->retry_ms = options_.retry_max_ms;
+            again->next_try_us = monotonic_us() + options_.retry_max_ms * 1000;
+            retrying_.push_back(std::move(again));
+          }
         }
         if (records->empty()) {
           --inflight_;
@@ -329,8 +369,16 @@ void Mover::send(std::shared_ptr<Batch> b) {
   const MemberInfo* m = membership_.find(b->dest);
   if (m == nullptr) {
     --inflight_;
-    // The destination is not reachable: whether it stored the batch is unknown, so the marks
-    // stay until it comes back (docs/cluster.md, "Moves").
+    if (!b->sent) {
+      // Gone before anything was sent: certainly not stored there. The timers are owed here
+      // again and go to their current owner at the next pass.
+      rescan_ = true;
+      std::vector<std::string> ids = std::move(b->ids);
+      end(std::move(b), {}, std::move(ids));
+      return;
+    }
+    // Sent before, outcome unknown: the marks stay until the destination is back
+    // (docs/cluster.md, "Moves").
     retry_later(std::move(b), "destination is not a reachable member");
     return;
   }
@@ -343,6 +391,7 @@ void Mover::send(std::shared_ptr<Batch> b) {
   req.body = b->body;
   req.timeout_ms = options_.send_timeout_ms;
   batches_out_.inc();
+  b->sent = true;
   peers_.send(std::move(req), [this, alive = alive_, b](PeerResponse resp) mutable {
     executor_.post([this, alive, b = std::move(b), resp = std::move(resp)]() mutable {
       if (!*alive) return;
@@ -367,6 +416,7 @@ void Mover::on_answer(std::shared_ptr<Batch> b, PeerResponse resp) {
       retry_later(std::move(b), "the answer does not list one outcome per record");
       return;
     }
+    refusal_backoff_ms_ = 0;
     std::vector<std::string> delivered;
     std::vector<std::string> kept;
     for (size_t i = 0; i < letters.size(); ++i) {
@@ -381,7 +431,8 @@ void Mover::on_answer(std::shared_ptr<Batch> b, PeerResponse resp) {
     end(std::move(b), std::move(delivered), std::move(kept));
     return;
   }
-  bool refused = resp.kind == Kind::kNotSent || resp.kind == Kind::kRefused;
+  bool refused = resp.kind == Kind::kNotSent || resp.kind == Kind::kRefused ||
+                 (resp.kind == Kind::kAnswered && resp.status >= 400 && resp.status < 500);
   if (resp.kind == Kind::kAnswered) {
     for (const auto& [name, value] : resp.headers) {
       if (name.size() == kMoveHeader.size() &&
@@ -401,6 +452,7 @@ void Mover::on_answer(std::shared_ptr<Batch> b, PeerResponse resp) {
                 log::Limiter::note(dropped));
     }
     rescan_ = true;
+    back_off_passes();
     std::vector<std::string> ids = std::move(b->ids);
     end(std::move(b), {}, std::move(ids));
     return;
@@ -418,6 +470,13 @@ void Mover::end(std::shared_ptr<Batch> b, std::vector<std::string> delivered,
   if (!kept.empty()) engine_.end_move(kept, b->token, false, finish);
   if (!delivered.empty()) engine_.end_move(delivered, b->token, true, finish);
   if (kept.empty() && delivered.empty()) schedule_pump();
+}
+
+void Mover::back_off_passes() {
+  refusal_backoff_ms_ = refusal_backoff_ms_ == 0
+                            ? options_.retry_min_ms
+                            : std::min(refusal_backoff_ms_ * 2, options_.retry_max_ms);
+  pass_not_before_us_ = monotonic_us() + refusal_backoff_ms_ * 1000;
 }
 
 void Mover::retry_later(std::shared_ptr<Batch> b, const std::string& why) {
@@ -492,7 +551,10 @@ void Mover::receive_moves(std::string_view body, std::function<void(RouteRespons
           stats_.moved_in += stored;
           moved_in_.inc(stored);
           if (stored > 0) {
-            // Taking timers in may unsettle this node's view of the ring it reported.
+            // Timers taken in may not be this node's under its own view (views differ, or it
+            // is leaving): look again before reporting settled.
+            rescan_ = true;
+            settled_ = false;
             schedule_pump();
           }
         }

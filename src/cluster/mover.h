@@ -7,9 +7,10 @@
 //   2. POST /cluster/moves to the destination: the records, the token.
 //   3. 200: the receiver stored them durably (or had them: same token, or a record of its own)
 //      → engine.end_move(delivered): records and marks deleted in one batch.
-//      A refusal that says nothing was stored (503 with x-skyring-move: refused, or the
-//      connection never opened) → end_move(not delivered): the marks go, the timers are owed
-//      here again and move at a later pass.
+//      A refusal that says nothing was stored (503 with x-skyring-move: refused, any 4xx —
+//      the receiver rejected the request before storing anything — or the connection never
+//      opened) → end_move(not delivered): the marks go, the timers are owed here again and
+//      move at a later pass (passes back off after refusals: 100 ms doubling to 5 s).
 //      Anything else (connection broken after sending, a timeout, another status): unknown →
 //      the marks stay and the same batch (same token) is sent again, with backoff, until the
 //      destination answers. The receiver's receipt of the token makes that resend a no-op.
@@ -92,7 +93,8 @@ class Mover final : public MoveSink {
     std::string dest;
     std::string token;
     std::vector<std::string> ids;
-    std::string body;  // empty until begun
+    std::string body;   // empty until begun
+    bool sent = false;  // handed to the peer client at least once
     int64_t retry_ms = 0;
     int64_t next_try_us = 0;  // monotonic
   };
@@ -102,12 +104,15 @@ class Mover final : public MoveSink {
   void schedule_pump();
   bool scan_some();
   void queue_id(const std::string& id, const std::string& dest);
-  void start_batch(std::string dest, std::vector<std::string> ids, std::string token);
+  // resend: the ids carry marks of `token` found at recovery (kept and retried on failure).
+  void start_batch(std::string dest, std::vector<std::string> ids, std::string token,
+                   bool resend);
   void send(std::shared_ptr<Batch> b);
   void on_answer(std::shared_ptr<Batch> b, PeerResponse resp);
   void end(std::shared_ptr<Batch> b, std::vector<std::string> delivered,
            std::vector<std::string> kept);
   void retry_later(std::shared_ptr<Batch> b, const std::string& why);
+  void back_off_passes();
   std::string new_token();
   bool foreign(const std::string& id, std::string* dest) const;
   size_t queued() const;
@@ -121,6 +126,7 @@ class Mover final : public MoveSink {
 
   Phase phase_ = Phase::kIdle;
   size_t slot_cursor_ = 0;
+  size_t pass_generation_ = 0;  // engine slot table generation when the pass began
   std::string final_cursor_;
   bool pass_found_ = false;
   bool rescan_ = true;        // a new pass is wanted
@@ -129,6 +135,10 @@ class Mover final : public MoveSink {
   bool settled_ = false;
   bool pump_posted_ = false;
   int64_t last_pass_us_ = 0;
+  // After a refusal the next pass waits (100 ms doubling to retry_max_ms; reset by a success),
+  // so a full or refusing receiver is not asked again in a tight loop.
+  int64_t pass_not_before_us_ = 0;
+  int64_t refusal_backoff_ms_ = 0;
   std::map<std::string, std::vector<std::string>> queue_;  // dest -> ids
   size_t inflight_ = 0;
   std::vector<std::shared_ptr<Batch>> retrying_;

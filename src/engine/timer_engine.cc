@@ -4,6 +4,7 @@
 
 #include "base/log.h"
 #include "model/backoff.h"
+#include "model/request.h"
 
 namespace skyring {
 namespace {
@@ -288,6 +289,8 @@ void TimerEngine::quarantine(const std::string& id, char source, std::string_vie
   log::error("timer {}: stored record failed its checksum; moved to quarantine (q/{})", id, id);
   KvBatch b;
   TimerStore::quarantine(b, id, source, raw);
+  if (moving_.erase(id) != 0) TimerStore::drop_move_mark(b, id);  // nothing left to move
+  final_moves_.erase(id);
   if (slots_.count(id) != 0) erase_slot(id);
   near_.erase(id);
   submit_change(std::move(b), id, std::nullopt, nullptr);  // a read now finds nothing
@@ -374,11 +377,11 @@ Result<std::string> TimerEngine::generate_id() {
 void TimerEngine::create(TimerRecord r, Reply<CreateResult> done, bool fresh_id) {
   if (auto a = admit(); !a) return done(tl::unexpected(a.error()));
   bool client_id = !r.id.empty() && !fresh_id;
-  if (!client_id) {
+  if (r.id.empty()) {
     auto id = generate_id();
     if (!id) return done(tl::unexpected(id.error()));
     r.id = std::move(*id);
-  } else {
+  } else if (client_id) {
     auto l = lookup(r.id);
     if (!l) return done(tl::unexpected(l.error()));
     if (l->record) {
@@ -800,14 +803,18 @@ bool TimerEngine::holds(const std::string& id) {
 
 bool TimerEngine::scan_waiting(size_t* cursor, size_t max_visit,
                                const std::function<bool(const std::string&)>& want,
-                               std::vector<std::string>* out) {
+                               std::vector<std::string>* out, size_t* busy) {
   size_t buckets = slots_.bucket_count();
   size_t visited = 0;
   for (; *cursor < buckets && visited < max_visit; ++*cursor) {
     for (auto it = slots_.begin(*cursor); it != slots_.end(*cursor); ++it) {
       ++visited;
       const Slot& s = it->second;
-      if (s.moving || s.state == State::kExecuting) continue;
+      if (s.moving) continue;
+      if (s.state == State::kExecuting) {
+        if (busy != nullptr && want(it->first)) ++*busy;
+        continue;
+      }
       if (want(it->first)) out->push_back(it->first);
     }
   }
@@ -868,7 +875,10 @@ void TimerEngine::begin_move(std::vector<std::string> ids, const std::string& de
       // A final (retention) record moves without a mark: it never fires and never changes
       // until purged, so sending it twice is harmless (the receiver keeps the first).
       auto l = lookup(id);
-      if (l && l->record && is_final(l->record->state)) out.push_back(std::move(*l->record));
+      if (l && l->record && is_final(l->record->state)) {
+        final_moves_[id] = token;
+        out.push_back(std::move(*l->record));
+      }
       continue;
     }
     Slot& s = sit->second;
@@ -922,7 +932,10 @@ void TimerEngine::end_move(const std::vector<std::string>& ids, const std::strin
         sit->second.moving = false;
         enqueue(&sit->second);
       }
-    } else if (delivered && slots_.count(id) == 0) {
+    } else if (auto fm = final_moves_.find(id); fm != final_moves_.end()) {
+      if (fm->second != token) continue;
+      final_moves_.erase(fm);
+      if (!delivered || slots_.count(id) != 0) continue;
       auto l = lookup(id);
       if (l && l->record && is_final(l->record->state)) {
         TimerStore::purge(b, id, l->record->state, purge_at(*l->record));
@@ -974,14 +987,14 @@ void TimerEngine::import(std::vector<TimerRecord> records, const std::string& to
   std::vector<Slot*> adopted;
   int64_t now = clock_.now_us();
   for (TimerRecord& r : records) {
-    if (r.id.empty() || r.id.size() > kMaxIdLength ||
+    if (!valid_timer_id(r.id) || token.empty() ||
         !(awaits_attempt(r.state) || is_final(r.state))) {
       outcomes.push_back(ImportOutcome::kRejected);
       continue;
     }
-    auto receipt = store_.receipt(r.id);
-    if (!receipt) return done(fail(Errc::kUnavailable, receipt.error().message));
-    if (*receipt && (*receipt)->token == token) {
+    auto seen = store_.has_receipt(r.id, token);
+    if (!seen) return done(fail(Errc::kUnavailable, seen.error().message));
+    if (*seen) {
       outcomes.push_back(ImportOutcome::kDuplicate);
       continue;
     }
@@ -1011,9 +1024,8 @@ void TimerEngine::import(std::vector<TimerRecord> records, const std::string& to
       if (slots_.count(r.id) != 0) erase_slot(r.id);
       TimerStore::put_final(b, r, purge_at(r));
     }
-    TimerStore::put_receipt(
-        b, r.id, token, now + options_.move_receipt_ttl_us,
-        *receipt ? std::optional<int64_t>((*receipt)->expire_at_us) : std::nullopt);
+    TimerStore::put_receipt(b, r.id, token, now + options_.move_receipt_ttl_us);
+    final_moves_.erase(r.id);  // a late ack of an earlier send must not delete this one
     outcomes.push_back(ImportOutcome::kStored);
     std::string id = r.id;
     changes.emplace_back(std::move(id), std::move(r));

@@ -184,11 +184,14 @@ class TimerEngine {
   // request is answered here with that error).
   bool holds(const std::string& id);
   // Visits waiting timers (not executing, not moving) from *cursor on, at most max_visit;
-  // appends the ids for which want(id) is true. Returns true when the end was reached (then
-  // *cursor is 0 again). The order is arbitrary; a timer created meanwhile may be missed.
+  // appends the ids for which want(id) is true, and counts in *busy the executing ones for
+  // which it is true (they can move only after their attempt). Returns true when the end was
+  // reached (then *cursor is 0 again). The order is arbitrary; a timer created meanwhile, or
+  // any timer when the table rehashed (slot_table_generation() changed), may be missed.
   bool scan_waiting(size_t* cursor, size_t max_visit,
                     const std::function<bool(const std::string&)>& want,
-                    std::vector<std::string>* out);
+                    std::vector<std::string>* out, size_t* busy);
+  size_t slot_table_generation() const { return slots_.bucket_count(); }
   // Starts moving `ids` to node `dest` under `token`: waiting ones get a durable moving mark
   // (from then on they neither fire nor change; PUT/DELETE answer 503) and leave the heap;
   // final ones are only read. Gives the records once the marks are durable. Ids that cannot
@@ -197,7 +200,8 @@ class TimerEngine {
                   Reply<std::vector<TimerRecord>> done);
   // Ends a move begun with `token`: delivered (the receiver acknowledged a durable write)
   // deletes the records and marks; otherwise the marks go and the timers are owed here again.
-  // Ids whose mark is no longer this token are left alone.
+  // Ids whose mark is no longer this token are left alone, and so is a retention record that
+  // was not sent under this token or came back since.
   void end_move(const std::vector<std::string>& ids, const std::string& token, bool delivered,
                 Reply<void> done);
   // Marks found at recovery whose moves are not ended yet.
@@ -209,6 +213,10 @@ class TimerEngine {
   Result<std::vector<std::string>> final_ids(State state, const std::string& cursor,
                                              size_t limit);
   size_t moving_count() const { return moving_.size(); }
+  bool moving_under(const std::string& id, const std::string& token) const {
+    auto it = moving_.find(id);
+    return it != moving_.end() && it->second.token == token;
+  }
 
   // Graceful stop: no new attempts start; requests get kUnavailable.
   void stop_firing();
@@ -332,6 +340,10 @@ class TimerEngine {
   log::Limiter read_error_log_;
 
   std::unordered_map<std::string, Move> moving_;  // ids whose move has begun and not ended
+  // Retention records sent (unmarked) under a token whose move has not ended: end_move
+  // deletes a final record only if it is still listed here under that token (an import of
+  // the id takes it off). Bounded by the mover's batches in flight.
+  std::unordered_map<std::string, std::string> final_moves_;
   size_t move_ops_ = 0;                            // storage ops of moves not yet durable
   EngineObserver* observer_ = nullptr;
   bool held_ = false;

@@ -1007,7 +1007,7 @@ TEST_F(EngineMoveTest, ScanWaitingVisitsEveryMovableTimerOnce) {
   std::vector<std::string> seen;
   bool done = false;
   for (int i = 0; i < 1000 && !done; ++i) {
-    done = engine->scan_waiting(&cursor, 64, [](const std::string&) { return true; }, &seen);
+    done = engine->scan_waiting(&cursor, 64, [](const std::string&) { return true; }, &seen, nullptr);
   }
   ASSERT_TRUE(done);
   std::set<std::string> got(seen.begin(), seen.end());

@@ -135,7 +135,11 @@ IoLoop::IoLoop(const Clock& clock, IoLoopOptions options)
   }
 }
 
-IoLoop::~IoLoop() = default;
+IoLoop::~IoLoop() {
+  impl_->wake.cancel();
+  for (auto& p : impl_->periodic) p->timer.cancel();
+  if (impl_->clock_watch) impl_->clock_watch->stop();
+}
 
 void IoLoop::post(Task task) {
   asio::post(impl_->io, std::move(task));
@@ -178,11 +182,11 @@ bool IoLoop::run_until(const std::function<bool()>& fn, int64_t timeout_ms) {
   return true;
 }
 
+// run() returns; the wake-up, periodic calls and the clock watch stay armed, so run_until()
+// after it (a graceful stop: the cluster handoff, draining deliveries) still fires timers and
+// runs housekeeping. The signal handlers go: the stop is under way.
 void IoLoop::stop() {
-  impl_->wake.cancel();
-  for (auto& p : impl_->periodic) p->timer.cancel();
   impl_->signals.cancel();
-  if (impl_->clock_watch) impl_->clock_watch->stop();
   impl_->io.stop();
 }
 

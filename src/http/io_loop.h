@@ -51,7 +51,8 @@ class IoLoop final : public Executor, public Wakeup {
   // Calls fn(signal) on SIGINT or SIGTERM.
   void on_shutdown_signal(std::function<void(int)> fn);
 
-  // Runs until stop(); returns immediately if already stopped.
+  // Runs until stop(); returns immediately if already stopped. stop() only ends run(): the
+  // wake-up and periodic calls keep working in a later run_until().
   void run();
   // Runs ready handlers until fn() is true or timeout_ms passed; true if fn() became true.
   bool run_until(const std::function<bool()>& fn, int64_t timeout_ms);

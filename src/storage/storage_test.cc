@@ -355,26 +355,24 @@ TEST_P(TimerStoreTest, MoveMarksAndReceipts) {
   write(std::move(d));
   EXPECT_EQ(get(*kv_, "v/a"), std::nullopt);
 
-  // A receipt expires through the purge index like a final record; a newer receipt of the
-  // same id replaces the old expiry entry, so the old one cannot delete it early.
+  // A receipt per (id, token) expires through the purge index like a final record; a later
+  // move of the same id adds its own receipt and forgets none.
   KvBatch r1;
-  TimerStore::put_receipt(r1, "x", "tok-1", 1000, std::nullopt);
+  TimerStore::put_receipt(r1, "x", "tok-1", 1000);
+  TimerStore::put_receipt(r1, "x", "tok-2", 5000);
   write(std::move(r1));
-  auto got = store_->receipt("x");
-  ASSERT_TRUE(got.has_value() && got->has_value());
-  EXPECT_EQ((*got)->token, "tok-1");
-  EXPECT_EQ((*got)->expire_at_us, 1000);
-  KvBatch r2;
-  TimerStore::put_receipt(r2, "x", "tok-2", 5000, (*got)->expire_at_us);
-  write(std::move(r2));
+  EXPECT_TRUE(*store_->has_receipt("x", "tok-1"));
+  EXPECT_TRUE(*store_->has_receipt("x", "tok-2"));
+  EXPECT_FALSE(*store_->has_receipt("x", "tok-3"));
   ManualClock clock(2000);
   Registry metrics;
   RetentionPurger purger(*store_, clock, PurgerOptions{}, PurgerProbe::make(metrics));
-  EXPECT_EQ(*purger.run_once(), 0u);
-  EXPECT_EQ((*store_->receipt("x"))->token, "tok-2");
+  EXPECT_EQ(*purger.run_once(), 1u);
+  EXPECT_FALSE(*store_->has_receipt("x", "tok-1"));
+  EXPECT_TRUE(*store_->has_receipt("x", "tok-2"));
   clock.set_us(6000);
   EXPECT_EQ(*purger.run_once(), 1u);
-  EXPECT_FALSE(store_->receipt("x")->has_value());
+  EXPECT_FALSE(*store_->has_receipt("x", "tok-2"));
 }
 
 TEST_P(TimerStoreTest, OpenRefusesDataWithoutAMarker) {

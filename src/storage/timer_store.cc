@@ -19,8 +19,17 @@ std::string key_q(std::string_view id) {
 std::string key_v(std::string_view id) {
   return fmt::format("v/{}", id);
 }
-std::string key_i(std::string_view id) {
-  return fmt::format("i/{}", id);
+// A receipt's "id" in i/ and e/ is <timer id>\0<token>.
+std::string receipt_name(std::string_view id, std::string_view token) {
+  std::string n(id);
+  n.push_back('\0');
+  n.append(token);
+  return n;
+}
+std::string key_i(std::string_view name) {
+  std::string k = "i/";
+  k.append(name);
+  return k;
 }
 std::string key_s(State s, std::string_view id) {
   std::string k = "s/";
@@ -274,25 +283,18 @@ Result<void> TimerStore::scan_move_marks(const std::function<bool(const MoveMark
 }
 
 void TimerStore::put_receipt(KvBatch& b, std::string_view id, std::string_view token,
-                             int64_t expire_at_us, std::optional<int64_t> previous_expire_us) {
-  if (previous_expire_us) {
-    b.push_back({KvOp::Kind::kDelete, key_e(*previous_expire_us, kReceiptExpiry, id), {}});
-  }
+                             int64_t expire_at_us) {
+  std::string name = receipt_name(id, token);
   std::string v;
   put_be64(v, static_cast<uint64_t>(expire_at_us));
-  v.append(token);
-  b.push_back({KvOp::Kind::kPut, key_i(id), std::move(v)});
-  b.push_back({KvOp::Kind::kPut, key_e(expire_at_us, kReceiptExpiry, id), {}});
+  b.push_back({KvOp::Kind::kPut, key_i(name), std::move(v)});
+  b.push_back({KvOp::Kind::kPut, key_e(expire_at_us, kReceiptExpiry, name), {}});
 }
 
-Result<std::optional<TimerStore::Receipt>> TimerStore::receipt(std::string_view id) {
-  auto raw = kv_.get(key_i(id));
+Result<bool> TimerStore::has_receipt(std::string_view id, std::string_view token) {
+  auto raw = kv_.get(key_i(receipt_name(id, token)));
   if (!raw) return tl::unexpected(raw.error());
-  if (!*raw || (*raw)->size() < 8) return std::optional<Receipt>();
-  Receipt r;
-  r.expire_at_us = static_cast<int64_t>(get_be64(**raw));
-  r.token = (*raw)->substr(8);
-  return std::optional<Receipt>(std::move(r));
+  return raw->has_value();
 }
 
 Result<void> TimerStore::write_now(const KvBatch& b, bool sync) {

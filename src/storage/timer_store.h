@@ -6,8 +6,8 @@
 //   e/<u64be purge_at_us><state><id> -> ""                      (final timers, for retention purge)
 //   q/<id>                         -> u8 source ('t' or 'p') + the bytes as found (quarantine)
 //   v/<id>                         -> dest node id, '\0', move token (a timer being moved)
-//   i/<id>                         -> u64be expire_at_us + move token (receipt of a move in)
-//   e/<u64be expire_at_us>'R'<id>  -> ""                        (receipt expiry, purged too)
+//   i/<id>\0<token>                -> u64be expire_at_us          (receipt of a move in)
+//   e/<u64be expire_at_us>'R'<id>\0<token> -> ""               (receipt expiry, purged too)
 //   m/format, m/node-id            -> metadata
 //
 // A record and its index entries always change in one atomic batch, so after any crash the
@@ -112,15 +112,12 @@ class TimerStore {
   static void remove_waiting(KvBatch& b, std::string_view id);
   // Every move mark; a mark that does not decode is reported with an empty dest.
   Result<void> scan_move_marks(const std::function<bool(const MoveMarkEntry&)>& fn);
-  // Receipt of a move into this node: `token` is remembered until expire_at_us (then purged
-  // like a final record). `previous_expire_us` (from receipt()) drops the old expiry entry.
+  // Receipt of a move into this node: (id, token) is remembered until expire_at_us (then
+  // purged like a final record). One per move, so a later move of the same id does not
+  // forget an earlier one.
   static void put_receipt(KvBatch& b, std::string_view id, std::string_view token,
-                          int64_t expire_at_us, std::optional<int64_t> previous_expire_us);
-  struct Receipt {
-    std::string token;
-    int64_t expire_at_us = 0;
-  };
-  Result<std::optional<Receipt>> receipt(std::string_view id);
+                          int64_t expire_at_us);
+  Result<bool> has_receipt(std::string_view id, std::string_view token);
 
   // A write outside the committer, for writers whose keys no other write touches: repairs
   // during recovery (synced) and the retention purge (not synced; see retention_purger.h).
