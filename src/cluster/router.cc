@@ -118,7 +118,9 @@ struct Router::State : std::enable_shared_from_this<Router::State> {
                             "Lookups at an earlier owner of a timer id while moves settle")),
         hop_limit(metrics.counter("skyring_cluster_hop_limit_total",
                                   "Requests answered 503 because they reached the hop limit "
-                                  "(ring views differ)")) {}
+                                  "(ring views differ)")),
+        joining(metrics.counter("skyring_cluster_joining_refusals_total",
+                                "Requests answered 503 while this node did not know the ring yet")) {}
 
   using Done = std::function<void(RouteDecision)>;
 
@@ -158,6 +160,14 @@ struct Router::State : std::enable_shared_from_this<Router::State> {
     }
     if (req.timer_id.empty()) return done(here({}, false));  // not about one timer
     if (!fresh && engine.holds(req.timer_id)) return done(here(std::move(req.timer_id), false));
+    if (!fresh && !membership.ring_known()) {
+      // Joining: members are still arriving, so the ring here may name the wrong owner and
+      // miss the node that holds the id. A short retryable answer, never a wrong 404 or a
+      // second timer (docs/cluster.md, "Routing and forwarding").
+      joining.inc();
+      return done(answer(error(
+          503, fmt::format("node {} is joining the ring; retry", options.self_id))));
+    }
     const Member* owner = membership.ring().owner(req.timer_id);
     if (owner == nullptr || owner->id == options.self_id) {
       if (fresh) return done(here(std::move(req.timer_id), true));  // nobody else can hold it
@@ -308,6 +318,7 @@ struct Router::State : std::enable_shared_from_this<Router::State> {
   Counter& forward_failures;
   Counter& fallback_lookups;
   Counter& hop_limit;
+  Counter& joining;
 };
 
 Router::Router(TimerEngine& engine, Membership& membership, PeerClient& peers, Executor& executor,

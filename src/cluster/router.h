@@ -7,6 +7,7 @@
 //     else 404 with x-skyring-absent: 1.
 //   * POST without x-timer-id: X = engine.new_id() on N, chosen before routing.
 //   * N holds X (waiting, moving, or a retention record not yet moved): here.
+//   * N does not know the ring yet (joining: members still arriving): 503, retry.
 //   * owner(X) == N: here, unless an earlier ring's owner may still hold X
 //     (Membership::previous_owners): each is asked with x-skyring-fallback, the first that
 //     holds X answers; when none does, here.

@@ -725,6 +725,11 @@ class Cluster:
                          if m.get("state", "active") == "active")
             if ids != want:
                 return False
+            # A node still joining (members' answers arriving) answers 503 for ids it does not
+            # hold: the view counts only once it knows the ring.
+            h = self.health(n) or {}
+            if (h.get("cluster") or {}).get("state") == "joining":
+                return False
             fps.add(str(info.get("ring_fingerprint")))
         return fps.pop() if len(fps) == 1 else False
 
