@@ -276,7 +276,9 @@ int run_node(const Config& config) {
     mopts.member_timeout_ms = config.member_timeout_ms;
     mopts.discovery_ms = std::max<int64_t>(1500, config.heartbeat_interval_ms * 3 / 2);
     cl.membership = std::make_unique<cluster::Membership>(*cl.bus, clock, mopts, metrics);
-    cl.peers = std::make_unique<cluster::PeerClient>(cluster::PeerClientOptions{});
+    // On the loop's thread: a forwarded request costs no thread hand-off.
+    cl.peers =
+        std::make_unique<cluster::PeerClient>(cluster::PeerClientOptions{}, &loop.io_context());
     cl.events = std::make_unique<cluster::EventPublisher>(*cl.bus, node_id, config.cluster);
     engine.set_observer(cl.events.get());
     cluster::MoverOptions mvopts;
@@ -379,6 +381,7 @@ int run_node(const Config& config) {
     cl.membership->gone();
     cl.events->node_event("shutdown");
     cl.peers->stop();
+    loop.run_until([&] { return cl.peers->idle(); }, 2000);
     cl.bus->stop();
     engine.set_observer(nullptr);
   }

@@ -232,6 +232,7 @@ bool settled_on(uint16_t port, int members) {
   if (at == std::string::npos) return false;
   std::string cl = b.substr(at);
   return cl.find("\"settled\":true") != std::string::npos &&
+         cl.find("\"state\":\"ok\"") != std::string::npos &&
          cl.find(fmt::format("\"members\":{}", members)) != std::string::npos;
 }
 

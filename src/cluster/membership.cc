@@ -41,6 +41,7 @@ struct Membership::Message {
   std::string id;
   std::string address;
   bool leaving = false;
+  bool joining = false;
   uint64_t incarnation = 0;
   uint64_t settled = 0;
 };
@@ -97,17 +98,24 @@ void Membership::tick() {
       now - first_answer_us_ >= options_.answer_quiet_ms * 1000) {
     // The others answer a hello within a round trip: a short wait after the first answer lets
     // the rest of them arrive, so the first ring acted on is the whole one.
-    ring_known_ = true;
-    log::info("membership: the ring is known: {} member(s)", ring_.size());
+    become_active("the ring is known");
   }
   if (!ring_known_ && now - start_us_ >= options_.discovery_ms * 1000) {
-    ring_known_ = true;
-    log::info("membership: no answer within {} ms: the ring is {} member(s)", options_.discovery_ms,
-              ring_.size());
+    become_active(fmt::format("no answer within {} ms", options_.discovery_ms));
   }
   if (!connected_) return;  // silence says nothing while we are cut off; nobody hears us
   if (now - last_heartbeat_us_ >= options_.heartbeat_ms * 1000) publish("heartbeat");
   expire(now);
+}
+
+// The ring is known: this node takes its place in it (the others add it when they hear this
+// heartbeat; until then it owned nothing and forwarded everything).
+void Membership::become_active(const std::string& why) {
+  ring_known_ = true;
+  self_.joining = false;
+  rebuild_ring();
+  log::info("membership: {}: {} active member(s) with this node", why, ring_.size());
+  if (started_ && !gone_ && connected_) publish("heartbeat");
 }
 
 void Membership::expire(int64_t now_us) {
@@ -181,8 +189,11 @@ void Membership::handle(std::string_view data) {
     m.address = std::string(*address);
     if (const json::value* state = o->if_contains("state")) {
       const json::string* s = state->if_string();
-      if (s == nullptr || (*s != "active" && *s != "leaving")) return bad("bad state");
+      if (s == nullptr || (*s != "active" && *s != "leaving" && *s != "joining")) {
+        return bad("bad state");
+      }
       m.leaving = *s == "leaving";
+      m.joining = *s == "joining";
     }
     if (const json::value* settled = o->if_contains("settled")) {
       const json::string* s = settled->if_string();
@@ -220,7 +231,7 @@ void Membership::apply(const Message& m, int64_t now_us) {
   if (started_ && !ring_known_ && first_answer_us_ == 0) {
     first_answer_us_ = now_us;
     log::info("membership: first answer from {}", m.id);
-    if (options_.answer_quiet_ms <= 0) ring_known_ = true;
+    if (options_.answer_quiet_ms <= 0) become_active("the ring is known");
   }
   if (it == others_.end() || m.incarnation > it->second.incarnation) {
     if (it == others_.end() && others_.size() + 1 >= options_.max_members) {
@@ -242,8 +253,10 @@ void Membership::apply(const Message& m, int64_t now_us) {
   }
   MemberInfo& info = it->second;
   if (m.leaving && !info.leaving) log::info("member {} is leaving", m.id);
+  if (!m.joining && info.joining) log::info("member {} is active", m.id);
   info.member.address = m.address;
   info.leaving = m.leaving;
+  info.joining = m.joining && !m.leaving;
   info.settled = m.settled;
   info.last_seen_us = now_us;
   rebuild_ring();  // no-op unless the active set or an address changed
@@ -257,7 +270,7 @@ void Membership::publish(std::string_view type) {
   o["type"] = type;
   o["id"] = self_.member.id;
   o["address"] = self_.member.address;
-  o["state"] = self_.leaving ? "leaving" : "active";
+  o["state"] = self_.leaving ? "leaving" : self_.joining ? "joining" : "active";
   o["incarnation"] = self_.incarnation;
   o["settled"] = hex(self_.settled);
   bus_.publish(subject_, json::serialize(o));
@@ -267,11 +280,12 @@ void Membership::publish(std::string_view type) {
 void Membership::rebuild_ring() {
   std::vector<Member> active;
   active.reserve(others_.size() + 1);
-  if (!self_.leaving) active.push_back(self_.member);
+  bool self_active = !self_.leaving && !self_.joining;
+  if (self_active) active.push_back(self_.member);
   for (const auto& [id, info] : others_) {
-    if (!info.leaving) active.push_back(info.member);
+    if (!info.leaving && !info.joining) active.push_back(info.member);
   }
-  std::vector<Member> others_active(active.begin() + (self_.leaving ? 0 : 1), active.end());
+  std::vector<Member> others_active(active.begin() + (self_active ? 1 : 0), active.end());
   without_self_ = Ring(std::move(others_active), options_.ring);
   Ring next(std::move(active), options_.ring);
   if (next.fingerprint() == ring_.fingerprint()) {

@@ -2,7 +2,11 @@
 //
 // Protocol (core NATS, subject "skyring.<cluster>.members", one JSON object per message):
 //   {"v":1,"type":"hello"|"heartbeat"|"leave"|"gone","id":..,"address":"host:port",
-//    "state":"active"|"leaving","incarnation":N,"settled":"<hex ring fingerprint>"}
+//    "state":"joining"|"active"|"leaving","incarnation":N,"settled":"<hex ring fingerprint>"}
+//   * A node is "joining" until it knows the ring (300 ms after the first answer to its hello,
+//     or discovery_ms): reachable but in nobody's ring, itself included, so it forwards
+//     everything and no timer moves to it before it sees the whole membership. Then it
+//     announces "active" and everybody adds it.
 //   * start(): subscribes, then publishes "hello"; every member that hears a hello answers at
 //     once with its heartbeat, so a joining node has the whole membership within one round
 //     trip (the snapshot), and every other node sees the joiner at once.
@@ -70,6 +74,7 @@ struct MembershipOptions {
 struct MemberInfo {
   Member member;
   bool leaving = false;
+  bool joining = true;       // until it knows the ring: reachable, not in the ring yet
   uint64_t incarnation = 0;  // the sender's start time (us): a restart is a new incarnation
   uint64_t settled = 0;      // ring fingerprint it reports settled on
   int64_t last_seen_us = 0;  // monotonic
@@ -120,6 +125,7 @@ class Membership {
   void expire(int64_t now_us);
   void rebuild_ring();
   void maybe_clear_history();
+  void become_active(const std::string& why);
   void update_gauges();
 
   NatsBus& bus_;

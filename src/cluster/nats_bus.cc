@@ -201,9 +201,12 @@ class LibnatsBus final : public NatsBus {
       return;
     }
     queue_bytes_ += bytes;
+    bool was_empty = queue_.empty();
     queue_.push_back({std::move(subject), std::move(data)});
     lock.unlock();
-    qcv_.notify_one();
+    // The publisher waits only on an empty queue and takes all of it at once: only the first
+    // message after it emptied needs a wake-up (one futex call per batch, not per event).
+    if (was_empty) qcv_.notify_one();
   }
 
   void subscribe(const std::string& subject, Handler handler) override {

@@ -149,13 +149,25 @@ PeerResponse response(PeerResponse::Kind kind, std::string error) {
 
 class PeerClient::Impl {
  public:
-  explicit Impl(PeerClientOptions options) : options_(options), work_(asio::make_work_guard(io_)) {
+  Impl(PeerClientOptions options, asio::io_context* shared)
+      : options_(options),
+        io_(shared != nullptr ? *shared : own_io_),
+        shared_(shared != nullptr),
+        work_(asio::make_work_guard(own_io_)) {
+    if (shared_) {
+      work_.reset();  // the owner's loop runs us; no thread of our own
+      thread_id_ = std::this_thread::get_id();
+      return;
+    }
     thread_ = std::thread([this] { io_.run(); });
     thread_id_ = thread_.get_id();
   }
 
+  // Shared loop: nothing is left that could call back into this object.
+  bool idle() const { return all_.empty() && inflight_.empty(); }
+
   ~Impl() {
-    SKYRING_ASSERT(std::this_thread::get_id() != thread_id_,
+    SKYRING_ASSERT(shared_ || std::this_thread::get_id() != thread_id_,
                    "PeerClient destroyed from its own callback");
     stop();
   }
@@ -184,6 +196,17 @@ class PeerClient::Impl {
   }
 
   void stop() {
+    if (shared_) {
+      // On the owner's loop thread: answered now; the exchanges end as the loop runs on.
+      bool first = false;
+      {
+        std::lock_guard lock(mu_);
+        first = !stopping_;
+        stopping_ = true;
+      }
+      if (first) abort_everything();
+      return;
+    }
     {
       std::lock_guard lock(mu_);
       if (!stopping_) {
@@ -554,7 +577,9 @@ class PeerClient::Impl {
       c->timer.cancel();
     }
     // Every call is answered. Exchanges, idle timers and a resolve that may still be running
-    // hold nothing anyone waits for: the loop ends now and ~io_context destroys them.
+    // hold nothing anyone waits for: the loop ends now and ~io_context destroys them (a
+    // shared loop runs on: they end there, see idle()).
+    if (shared_) return;
     work_.reset();
     io_.stop();
   }
@@ -571,7 +596,9 @@ class PeerClient::Impl {
   }
 
   const PeerClientOptions options_;
-  asio::io_context io_{1};
+  asio::io_context own_io_{1};
+  asio::io_context& io_;
+  const bool shared_;
   asio::executor_work_guard<asio::io_context::executor_type> work_;
 
   std::mutex mu_;
@@ -589,7 +616,12 @@ class PeerClient::Impl {
   std::unordered_set<std::shared_ptr<Call>> inflight_;
 };
 
-PeerClient::PeerClient(PeerClientOptions options) : impl_(std::make_unique<Impl>(options)) {}
+PeerClient::PeerClient(PeerClientOptions options, boost::asio::io_context* loop)
+    : impl_(std::make_unique<Impl>(options, loop)) {}
+
+bool PeerClient::idle() const {
+  return impl_->idle();
+}
 
 PeerClient::~PeerClient() = default;
 

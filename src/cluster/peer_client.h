@@ -7,7 +7,10 @@
 // broke or the deadline passed). The mover depends on that difference.
 //
 // Threading: send() and stop() from any thread; `done` runs on the client's own thread (the
-// caller posts it to its executor).
+// caller posts it to its executor). Given the owner's io_context instead (the node's IoLoop),
+// the client has no thread: send(), stop() and `done` all run on that loop's thread, which
+// saves two thread hand-offs per request; after stop() the loop must run until idle()
+// before the client is destroyed.
 // Limits: at most max_queue requests accepted and not answered (beyond it: kRefused at once);
 // at most max_connections_per_peer connections per address; answers over max_response_bytes
 // fail the request; every request ends by its timeout_ms (connect included).
@@ -19,6 +22,10 @@
 #include <string>
 #include <utility>
 #include <vector>
+
+namespace boost::asio {
+class io_context;
+}
 
 namespace skyring::cluster {
 
@@ -55,7 +62,7 @@ struct PeerClientOptions {
 
 class PeerClient {
  public:
-  explicit PeerClient(PeerClientOptions options);
+  explicit PeerClient(PeerClientOptions options, boost::asio::io_context* loop = nullptr);
   ~PeerClient();  // stop()
   PeerClient(const PeerClient&) = delete;
   PeerClient& operator=(const PeerClient&) = delete;
@@ -64,6 +71,8 @@ class PeerClient {
   void send(PeerRequest request, std::function<void(PeerResponse)> done);
   // Fails what is waiting or in flight (kRefused / kFailed), closes connections, joins.
   void stop();
+  // No exchange is left that could call back (shared loop: true some turns after stop()).
+  bool idle() const;
 
  private:
   class Impl;

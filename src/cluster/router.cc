@@ -160,10 +160,11 @@ struct Router::State : std::enable_shared_from_this<Router::State> {
     }
     if (req.timer_id.empty()) return done(here({}, false));  // not about one timer
     if (!fresh && engine.holds(req.timer_id)) return done(here(std::move(req.timer_id), false));
-    if (!fresh && !membership.ring_known()) {
-      // Joining: members are still arriving, so the ring here may name the wrong owner and
-      // miss the node that holds the id. A short retryable answer, never a wrong 404 or a
-      // second timer (docs/cluster.md, "Routing and forwarding").
+    if (!fresh && !membership.ring_known() && membership.ring().empty()) {
+      // Joining and no member heard from yet: nobody to forward to, and answering here could
+      // be a wrong 404 or a second timer. A short retryable answer (docs/cluster.md, "Routing
+      // and forwarding"). Once others are known, a joining node (in nobody's ring, its own
+      // included) forwards everything it does not hold.
       joining.inc();
       return done(answer(error(
           503, fmt::format("node {} is joining the ring; retry", options.self_id))));
@@ -279,7 +280,7 @@ struct Router::State : std::enable_shared_from_this<Router::State> {
     for (const MemberInfo& m : membership.members()) {
       members.push_back(json::object{{"id", m.member.id},
                                      {"address", m.member.address},
-                                     {"state", m.leaving ? "leaving" : "active"}});
+                                     {"state", m.leaving ? "leaving" : m.joining ? "joining" : "active"}});
     }
     o["members"] = std::move(members);
     o["ring_version"] = membership.ring_version();

@@ -7,7 +7,8 @@
 //     else 404 with x-skyring-absent: 1.
 //   * POST without x-timer-id: X = engine.new_id() on N, chosen before routing.
 //   * N holds X (waiting, moving, or a retention record not yet moved): here.
-//   * N does not know the ring yet (joining: members still arriving): 503, retry.
+//   * N is joining and has heard from no member yet: 503, retry. (A joining node is in no
+//     ring, its own included, so once it knows a member it forwards what it does not hold.)
 //   * owner(X) == N: here, unless an earlier ring's owner may still hold X
 //     (Membership::previous_owners): each is asked with x-skyring-fallback, the first that
 //     holds X answers; when none does, here.

@@ -141,6 +141,10 @@ IoLoop::~IoLoop() {
   if (impl_->clock_watch) impl_->clock_watch->stop();
 }
 
+asio::io_context& IoLoop::io_context() {
+  return impl_->io;
+}
+
 void IoLoop::post(Task task) {
   asio::post(impl_->io, std::move(task));
 }

@@ -26,6 +26,10 @@
 #include "base/executor.h"
 #include "engine/timer_engine.h"
 
+namespace boost::asio {
+class io_context;
+}
+
 namespace skyring {
 
 struct IoLoopOptions {
@@ -57,6 +61,9 @@ class IoLoop final : public Executor, public Wakeup {
   // Runs ready handlers until fn() is true or timeout_ms passed; true if fn() became true.
   bool run_until(const std::function<bool()>& fn, int64_t timeout_ms);
   void stop();
+
+  // For Asio-based clients that run on this loop's thread (cluster::PeerClient).
+  boost::asio::io_context& io_context();
 
   struct Impl;
   Impl& impl() { return *impl_; }
