@@ -274,6 +274,13 @@ class LibnatsBus final : public NatsBus {
       for (Outgoing& m : batch) send(m);
       batch.clear();
       lock.lock();
+      // Gather for a moment before the next batch: every batch wakes this thread, libnats'
+      // flusher and the server, and at ~10,000 events/s one wake per event cost the node
+      // about 40% of its create rate in the cluster bench. Events wait at most this long.
+      if (options_.batch_interval_ms > 0 && !stopping_) {
+        qcv_.wait_for(lock, std::chrono::milliseconds(options_.batch_interval_ms),
+                      [&] { return stopping_; });
+      }
     }
     int64_t deadline = flush_deadline_us_;
     lock.unlock();
