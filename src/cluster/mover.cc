@@ -518,9 +518,15 @@ void Mover::receive_moves(std::string_view body, std::function<void(RouteRespons
     records.push_back(std::move(*r));
   }
   if (!in.empty()) return done(error_answer(400, "move batch: trailing bytes", true));
+  // Timers this node does not own under its own view (views differ, or it is leaving) must
+  // move on: only then is another pass needed before this node may report settled.
+  std::string dest;
+  bool foreign_in = std::any_of(records.begin(), records.end(),
+                                [&](const TimerRecord& r) { return foreign(r.id, &dest); });
   engine_.import(
       std::move(records), token,
-      [this, alive = alive_, done = std::move(done)](Result<std::vector<ImportOutcome>> r) {
+      [this, alive = alive_, foreign_in,
+       done = std::move(done)](Result<std::vector<ImportOutcome>> r) {
         if (!r) {
           // Refused before anything was written (admission), or storage failed: only the
           // former is a sure "not stored".
@@ -550,9 +556,7 @@ void Mover::receive_moves(std::string_view body, std::function<void(RouteRespons
         if (*alive) {
           stats_.moved_in += stored;
           moved_in_.inc(stored);
-          if (stored > 0) {
-            // Timers taken in may not be this node's under its own view (views differ, or it
-            // is leaving): look again before reporting settled.
+          if (stored > 0 && foreign_in) {
             rescan_ = true;
             settled_ = false;
             schedule_pump();

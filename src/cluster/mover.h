@@ -53,7 +53,7 @@ struct MoverOptions {
   std::string cluster = "skyring";
   size_t batch = 1000;                     // ids per batch
   size_t max_batch_bytes = 768 * 1024;     // encoded records per batch (at least one record)
-  size_t max_inflight = 4;                 // batches begun and not ended
+  size_t max_inflight = 8;                 // batches begun and not ended
   size_t scan_chunk = 8192;                // slots visited per turn of the loop
   int64_t send_timeout_ms = 30'000;        // one batch exchange
   int64_t retry_min_ms = 100;              // resend of an unknown outcome, doubling...
