@@ -6,57 +6,12 @@
 #include <boost/json.hpp>
 
 #include "cluster/router.h"
+#include "model/error_reply.h"
 
 namespace skyring {
 namespace {
 
 namespace json = boost::json;
-
-// Length of the valid UTF-8 character at s[i] (RFC 3629: no overlong form, surrogate or code
-// point above U+10FFFF), or 0.
-size_t utf8_char(std::string_view s, size_t i) {
-  auto byte = [&](size_t k) { return static_cast<unsigned char>(s[k]); };
-  unsigned char c = byte(i);
-  if (c < 0x80) return 1;
-  size_t n = 0;
-  unsigned char lo = 0x80, hi = 0xBF;  // range of the second byte
-  if (c >= 0xC2 && c <= 0xDF) {
-    n = 2;
-  } else if (c >= 0xE0 && c <= 0xEF) {
-    n = 3;
-    if (c == 0xE0) lo = 0xA0;
-    if (c == 0xED) hi = 0x9F;
-  } else if (c >= 0xF0 && c <= 0xF4) {
-    n = 4;
-    if (c == 0xF0) lo = 0x90;
-    if (c == 0xF4) hi = 0x8F;
-  } else {
-    return 0;
-  }
-  if (i + n > s.size() || byte(i + 1) < lo || byte(i + 1) > hi) return 0;
-  for (size_t k = 2; k < n; ++k) {
-    if ((byte(i + k) & 0xC0) != 0x80) return 0;
-  }
-  return n;
-}
-
-// A JSON string. JSON text is UTF-8 but messages may quote client bytes that are not (a path,
-// a method): each byte that does not start a valid character becomes U+FFFD.
-std::string quoted(std::string_view s) {
-  std::string text;
-  text.reserve(s.size());
-  for (size_t i = 0; i < s.size();) {
-    size_t n = utf8_char(s, i);
-    if (n == 0) {
-      text += "\xEF\xBF\xBD";
-      ++i;
-    } else {
-      text.append(s, i, n);
-      i += n;
-    }
-  }
-  return json::serialize(json::string(text));
-}
 
 ApiResponse id_body(int status, const std::string& id) {
   ApiResponse r;
@@ -135,26 +90,11 @@ int Api::status_for(Errc code) {
 
 ApiResponse Api::error(int status, std::string_view message) {
   // The reason header is bounded: messages may quote client input (a header name, a value).
-  // It is cut on a UTF-8 character boundary; the JSON body keeps the whole message.
-  constexpr size_t kMaxReasonBytes = 256;
+  ErrorReply e = error_reply(message);
   ApiResponse r;
   r.status = status;
-  r.body = fmt::format(R"({{"error":{}}})", quoted(message));
-  size_t cut = message.size();
-  if (cut > kMaxReasonBytes) {
-    cut = kMaxReasonBytes;
-    // Back up over continuation bytes (10xxxxxx) to the start of the character cut in two
-    // (at most 3: a character is at most 4 bytes; invalid UTF-8 is cut anywhere).
-    for (int i = 0; i < 3 && (static_cast<unsigned char>(message[cut]) & 0xC0) == 0x80; ++i) {
-      --cut;
-    }
-  }
-  // Header values cannot carry control characters; messages are ours, but be strict anyway.
-  std::string reason(message.substr(0, cut));
-  for (char& c : reason) {
-    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = ' ';
-  }
-  r.headers.emplace_back("x-skyring-reason", std::move(reason));
+  r.body = std::move(e.body);
+  r.headers.emplace_back("x-skyring-reason", std::move(e.reason));
   if (status == 503) r.headers.emplace_back("Retry-After", "1");
   return r;
 }
@@ -350,7 +290,7 @@ void Api::list(std::string_view query, Done done) {
       body += timer_to_json(page->timers[i]);
     }
     body += "],\"next_cursor\":";
-    body += page->next_cursor.empty() ? std::string("null") : quoted(page->next_cursor);
+    body += page->next_cursor.empty() ? std::string("null") : json_quoted(page->next_cursor);
     body += '}';
     ApiResponse r;
     r.body = std::move(body);

@@ -8,6 +8,7 @@
 
 #include "base/clock.h"
 #include "model/codec.h"
+#include "model/error_reply.h"
 
 namespace skyring::cluster {
 namespace {
@@ -35,14 +36,9 @@ RouteResponse json_answer(int status, std::string body) {
 }
 
 RouteResponse error_answer(int status, std::string_view message, bool refused) {
-  std::string escaped;
-  for (char c : message) {
-    if (c == '"' || c == '\\') escaped.push_back('\\');
-    if (static_cast<unsigned char>(c) < 0x20) continue;
-    escaped.push_back(c);
-  }
-  RouteResponse r = json_answer(status, fmt::format(R"({{"error":"{}"}})", escaped));
-  r.headers.emplace_back("x-skyring-reason", std::string(message.substr(0, 256)));
+  ErrorReply e = error_reply(message);
+  RouteResponse r = json_answer(status, std::move(e.body));
+  r.headers.emplace_back("x-skyring-reason", std::move(e.reason));
   if (status == 503) r.headers.emplace_back("Retry-After", "1");
   if (refused) r.headers.emplace_back(std::string(kMoveHeader), "refused");
   return r;

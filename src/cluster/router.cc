@@ -7,6 +7,7 @@
 #include <boost/json.hpp>
 
 #include "base/log.h"
+#include "model/error_reply.h"
 
 namespace skyring::cluster {
 namespace {
@@ -37,28 +38,13 @@ bool has_header(const std::vector<std::pair<std::string, std::string>>& headers,
                      [&](const auto& h) { return same_name(h.first, name); });
 }
 
-// The uniform error answer, the same shape as Api::error (api/ sits above cluster/ and cannot
-// be called from here): status, {"error": message}, x-skyring-reason (bounded, no control
-// characters) and Retry-After on 503.
+// The uniform error answer (model/error_reply.h), as the Api gives it, plus Retry-After on 503.
 RouteResponse error(int status, std::string_view message) {
-  constexpr size_t kMaxReasonBytes = 256;
+  ErrorReply e = error_reply(message);
   RouteResponse r;
   r.status = status;
-  json::object o;
-  o["error"] = json::string(message);
-  r.body = json::serialize(o);
-  size_t cut = std::min(message.size(), kMaxReasonBytes);
-  // Back up to the start of a UTF-8 character cut in two.
-  for (int i = 0;
-       i < 3 && cut < message.size() && (static_cast<unsigned char>(message[cut]) & 0xC0) == 0x80;
-       ++i) {
-    --cut;
-  }
-  std::string reason(message.substr(0, cut));
-  for (char& c : reason) {
-    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = ' ';
-  }
-  r.headers.emplace_back("x-skyring-reason", std::move(reason));
+  r.body = std::move(e.body);
+  r.headers.emplace_back("x-skyring-reason", std::move(e.reason));
   if (status == 503) r.headers.emplace_back("Retry-After", "1");
   return r;
 }
