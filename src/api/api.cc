@@ -6,7 +6,7 @@
 #include <boost/json.hpp>
 
 #include "cluster/router.h"
-#include "model/error_reply.h"
+#include "model/json_text.h"
 
 namespace skyring {
 namespace {

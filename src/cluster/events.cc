@@ -2,34 +2,12 @@
 
 #include <fmt/format.h>
 
+#include "model/json_text.h"
+
 namespace skyring::cluster {
 namespace {
 
 using Buffer = fmt::memory_buffer;
-
-// Length of the valid UTF-8 character at s[i], or 0 when the byte there does not start one.
-size_t utf8_char(std::string_view s, size_t i) {
-  auto b = [&](size_t k) { return static_cast<unsigned char>(s[k]); };
-  auto cont = [&](size_t k) { return k < s.size() && (b(k) & 0xC0) == 0x80; };
-  unsigned char c = b(i);
-  if (c < 0x80) return 1;
-  if (c >= 0xC2 && c <= 0xDF) return cont(i + 1) ? 2 : 0;
-  if (c >= 0xE0 && c <= 0xEF) {
-    if (!cont(i + 1) || !cont(i + 2)) return 0;
-    unsigned char c1 = b(i + 1);
-    if (c == 0xE0 && c1 < 0xA0) return 0;   // overlong
-    if (c == 0xED && c1 >= 0xA0) return 0;  // surrogate
-    return 3;
-  }
-  if (c >= 0xF0 && c <= 0xF4) {
-    if (!cont(i + 1) || !cont(i + 2) || !cont(i + 3)) return 0;
-    unsigned char c1 = b(i + 1);
-    if (c == 0xF0 && c1 < 0x90) return 0;   // overlong
-    if (c == 0xF4 && c1 >= 0x90) return 0;  // above U+10FFFF
-    return 4;
-  }
-  return 0;
-}
 
 // A JSON string. Values may carry bytes that are not UTF-8 (an error text from a remote
 // server): such a byte becomes U+FFFD, so the event stays valid JSON.
@@ -71,7 +49,7 @@ void quoted(Buffer& out, std::string_view s) {
       ++i;
       continue;
     }
-    size_t n = utf8_char(s, i);
+    size_t n = utf8_char_length(s, i);
     if (n == 0) {
       out.append(std::string_view("\xEF\xBF\xBD"));
       ++i;

@@ -8,7 +8,7 @@
 
 #include "base/clock.h"
 #include "model/codec.h"
-#include "model/error_reply.h"
+#include "model/json_text.h"
 
 namespace skyring::cluster {
 namespace {

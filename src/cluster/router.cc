@@ -7,7 +7,7 @@
 #include <boost/json.hpp>
 
 #include "base/log.h"
-#include "model/error_reply.h"
+#include "model/json_text.h"
 
 namespace skyring::cluster {
 namespace {
@@ -38,7 +38,7 @@ bool has_header(const std::vector<std::pair<std::string, std::string>>& headers,
                      [&](const auto& h) { return same_name(h.first, name); });
 }
 
-// The uniform error answer (model/error_reply.h), as the Api gives it, plus Retry-After on 503.
+// The uniform error answer (model/json_text.h), as the Api gives it, plus Retry-After on 503.
 RouteResponse error(int status, std::string_view message) {
   ErrorReply e = error_reply(message);
   RouteResponse r;

@@ -1,12 +1,16 @@
-// The uniform error answer of the HTTP API (SPEC 2): a JSON body {"error": message} and an
-// x-skyring-reason header. Used by the Api and by the cluster layer's own answers (forwarding
-// failures, moves), which sit below the Api and cannot call it.
+// JSON text helpers shared by the Api and the cluster layer (which sits below the Api and
+// cannot call it): UTF-8 checking, string literals, and the uniform error answer of the HTTP
+// API (SPEC 2): a JSON body {"error": message} and an x-skyring-reason header.
 #pragma once
 
 #include <string>
 #include <string_view>
 
 namespace skyring {
+
+// Length of the valid UTF-8 character at s[i] (RFC 3629: no overlong form, surrogate or code
+// point above U+10FFFF), or 0 when the byte there does not start one.
+size_t utf8_char_length(std::string_view s, size_t i);
 
 // A JSON string literal. JSON text is UTF-8 but messages may quote client bytes that are not
 // (a path, a method): each byte that does not start a valid character becomes U+FFFD.

@@ -1,4 +1,4 @@
-#include "model/error_reply.h"
+#include "model/json_text.h"
 
 #include <boost/json.hpp>
 
@@ -7,8 +7,6 @@ namespace {
 
 namespace json = boost::json;
 
-// Length of the valid UTF-8 character at s[i] (RFC 3629: no overlong form, surrogate or code
-// point above U+10FFFF), or 0.
 size_t utf8_char(std::string_view s, size_t i) {
   auto byte = [&](size_t k) { return static_cast<unsigned char>(s[k]); };
   unsigned char c = byte(i);
@@ -54,6 +52,10 @@ std::string quoted_impl(std::string_view s) {
 }
 
 }  // namespace
+
+size_t utf8_char_length(std::string_view s, size_t i) {
+  return utf8_char(s, i);
+}
 
 std::string json_quoted(std::string_view s) {
   return quoted_impl(s);
