@@ -80,7 +80,8 @@ std::function<Result<void>(Config&, const std::string&)> choice_field(
 
 bool valid_port(std::string_view p) {
   if (p.empty() || p.size() > 5) return false;
-  if (!std::all_of(p.begin(), p.end(), [](char ch) { return ch >= '0' && ch <= '9'; })) return false;
+  if (!std::all_of(p.begin(), p.end(), [](char ch) { return ch >= '0' && ch <= '9'; }))
+    return false;
   int n = std::stoi(std::string(p));
   return n >= 1 && n <= 65535;
 }

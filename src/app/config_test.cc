@@ -161,8 +161,8 @@ TEST(Config, NatsUrlsAndAdvertise) {
 }
 
 TEST(Config, ClusterTuning) {
-  Config c = load_ok({"--heartbeat-interval", "200ms", "--member-timeout", "2s", "--leave-timeout",
-                      "30s"});
+  Config c = load_ok(
+      {"--heartbeat-interval", "200ms", "--member-timeout", "2s", "--leave-timeout", "30s"});
   EXPECT_EQ(c.heartbeat_interval_ms, 200);
   EXPECT_EQ(c.member_timeout_ms, 2000);
   EXPECT_EQ(c.leave_timeout_ms, 30'000);

@@ -1,5 +1,8 @@
 #include "app/node.h"
 
+#include <arpa/inet.h>
+#include <ifaddrs.h>
+#include <netinet/in.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -13,21 +16,17 @@
 
 #include <fmt/format.h>
 
-#include <ifaddrs.h>
-#include <netinet/in.h>
-#include <arpa/inet.h>
-
 #include "api/api.h"
+#include "base/clock.h"
+#include "base/log.h"
+#include "base/metrics.h"
+#include "base/version.h"
 #include "cluster/events.h"
 #include "cluster/membership.h"
 #include "cluster/mover.h"
 #include "cluster/nats_bus.h"
 #include "cluster/peer_client.h"
 #include "cluster/router.h"
-#include "base/clock.h"
-#include "base/log.h"
-#include "base/metrics.h"
-#include "base/version.h"
 #include "delivery/http_transport.h"
 #include "engine/timer_engine.h"
 #include "http/io_loop.h"
@@ -258,7 +257,6 @@ int run_node(const Config& config) {
             (monotonic_us() - t0) / 1000, config.storage, node_id);
   log_descriptor_plan(fds, fd_plan, config);
 
-
   ClusterParts cl;
   if (clustered) {
     cluster::NatsOptions nopts;
@@ -284,8 +282,8 @@ int run_node(const Config& config) {
     cluster::MoverOptions mvopts;
     mvopts.self_id = node_id;
     mvopts.cluster = config.cluster;
-    cl.mover = std::make_unique<cluster::Mover>(engine, *cl.membership, *cl.peers, loop, mvopts,
-                                                metrics);
+    cl.mover =
+        std::make_unique<cluster::Mover>(engine, *cl.membership, *cl.peers, loop, mvopts, metrics);
     cluster::RouterOptions ropts;
     ropts.cluster = config.cluster;
     ropts.self_id = node_id;
@@ -294,8 +292,8 @@ int run_node(const Config& config) {
                                                   *cl.mover, ropts, metrics);
     cl.membership->on_ring_change([&cl] { cl.mover->ring_changed(); });
     cl.mover->on_settled([&cl](const cluster::MoveStats& st) {
-      cl.events->node_event("rebalance", fmt::format(R"("moved_out":{},"moved_in":{})",
-                                                      st.moved_out, st.moved_in));
+      cl.events->node_event(
+          "rebalance", fmt::format(R"("moved_out":{},"moved_in":{})", st.moved_out, st.moved_in));
     });
     cl.membership->start();
     cl.mover->start();
@@ -343,15 +341,15 @@ int run_node(const Config& config) {
     cl.membership->leave();
     cl.mover->ring_changed();
     if (cl.membership->ring().empty()) {
-      log::info("shutting down (signal {}): last node of the ring; timers stay in {}",
-                signal_seen, config.data_dir);
+      log::info("shutting down (signal {}): last node of the ring; timers stay in {}", signal_seen,
+                config.data_dir);
     } else {
-      log::info("shutting down (signal {}): handing {} waiting timers to {} members",
-                signal_seen, engine.waiting(), cl.membership->ring().size());
+      log::info("shutting down (signal {}): handing {} waiting timers to {} members", signal_seen,
+                engine.waiting(), cl.membership->ring().size());
       int64_t t_leave = monotonic_us();
-      handed_over = loop.run_until(
-          [&] { return cl.mover->settled() && engine.moving_count() == 0; },
-          config.leave_timeout_ms);
+      handed_over =
+          loop.run_until([&] { return cl.mover->settled() && engine.moving_count() == 0; },
+                         config.leave_timeout_ms);
       log::info("handoff {} in {} ms: {} timers moved out, {} still here",
                 handed_over ? "done" : "timed out", (monotonic_us() - t_leave) / 1000,
                 cl.mover->stats().moved_out, engine.waiting());

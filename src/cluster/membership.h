@@ -133,8 +133,8 @@ class Membership {
   const std::string subject_;
   MemberInfo self_;
   std::map<std::string, MemberInfo, std::less<>> others_;  // reachable members except self
-  std::deque<Ring> history_;  // earlier rings, newest first, at most max_history
-  Ring without_self_;         // the active members but this node: previous_owners() asks it
+  std::deque<Ring> history_;     // earlier rings, newest first, at most max_history
+  Ring without_self_;            // the active members but this node: previous_owners() asks it
   int64_t first_answer_us_ = 0;  // monotonic time of the first message from another member
   bool started_ = false;
   bool gone_ = false;

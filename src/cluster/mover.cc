@@ -91,8 +91,9 @@ void Mover::start() {
       auto b = std::make_shared<Batch>();
       b->dest = key.first;
       b->token = key.second;
-      b->ids.assign(ids.begin() + static_cast<ptrdiff_t>(at),
-                    ids.begin() + static_cast<ptrdiff_t>(std::min(ids.size(), at + options_.batch)));
+      b->ids.assign(
+          ids.begin() + static_cast<ptrdiff_t>(at),
+          ids.begin() + static_cast<ptrdiff_t>(std::min(ids.size(), at + options_.batch)));
       b->retry_ms = options_.retry_min_ms;
       retrying_.push_back(std::move(b));
     }
@@ -212,8 +213,8 @@ void Mover::pump() {
 
   // Settled: a whole pass under this ring found nothing, and nothing is on its way.
   uint64_t ring = membership_.ring().fingerprint();
-  if (phase_ == Phase::kIdle && !rescan_ && queue_.empty() && inflight_ == 0 &&
-      retrying_.empty() && engine_.moving_count() == 0) {
+  if (phase_ == Phase::kIdle && !rescan_ && queue_.empty() && inflight_ == 0 && retrying_.empty() &&
+      engine_.moving_count() == 0) {
     if (pass_found_ || pass_ring_ != ring) {
       rescan_ = true;  // confirm with a pass that finds nothing
       schedule_pump();
@@ -260,8 +261,8 @@ bool Mover::scan_some() {
   auto ids = engine_.final_ids(state, final_cursor_, 1000);
   if (!ids) {
     if (uint64_t dropped = 0; log_.allow(&dropped)) {
-      log::warn("rebalance: listing retention records failed ({}); retrying{}",
-                ids.error().message, log::Limiter::note(dropped));
+      log::warn("rebalance: listing retention records failed ({}); retrying{}", ids.error().message,
+                log::Limiter::note(dropped));
     }
     return false;  // tick() pumps again
   }
@@ -351,7 +352,8 @@ void Mover::start_batch(std::string dest, std::vector<std::string> ids, std::str
           b->ids.push_back(r.id);
           ++count;
         }
-        for (int i = 0; i < 4; ++i) body[count_at + i] = static_cast<char>((count >> (8 * i)) & 0xff);
+        for (int i = 0; i < 4; ++i)
+          body[count_at + i] = static_cast<char>((count >> (8 * i)) & 0xff);
         b->body = std::move(body);
         if (!overflow.empty()) {
           rescan_ = true;
@@ -453,8 +455,8 @@ void Mover::on_answer(std::shared_ptr<Batch> b, PeerResponse resp) {
     end(std::move(b), {}, std::move(ids));
     return;
   }
-  retry_later(std::move(b), resp.kind == Kind::kAnswered ? fmt::format("status {}", resp.status)
-                                                         : resp.error);
+  retry_later(std::move(b),
+              resp.kind == Kind::kAnswered ? fmt::format("status {}", resp.status) : resp.error);
 }
 
 void Mover::end(std::shared_ptr<Batch> b, std::vector<std::string> delivered,
@@ -478,8 +480,8 @@ void Mover::back_off_passes() {
 void Mover::retry_later(std::shared_ptr<Batch> b, const std::string& why) {
   unknown_.inc();
   if (uint64_t dropped = 0; log_.allow(&dropped)) {
-    log::warn("move of {} timers to {}: outcome unknown ({}); resending in {} ms{}",
-              b->ids.size(), b->dest, why, b->retry_ms, log::Limiter::note(dropped));
+    log::warn("move of {} timers to {}: outcome unknown ({}); resending in {} ms{}", b->ids.size(),
+              b->dest, why, b->retry_ms, log::Limiter::note(dropped));
   }
   b->next_try_us = monotonic_us() + b->retry_ms * 1000;
   b->retry_ms = std::min(b->retry_ms * 2, options_.retry_max_ms);
@@ -519,47 +521,46 @@ void Mover::receive_moves(std::string_view body, std::function<void(RouteRespons
   std::string dest;
   bool foreign_in = std::any_of(records.begin(), records.end(),
                                 [&](const TimerRecord& r) { return foreign(r.id, &dest); });
-  engine_.import(
-      std::move(records), token,
-      [this, alive = alive_, foreign_in,
-       done = std::move(done)](Result<std::vector<ImportOutcome>> r) {
-        if (!r) {
-          // Refused before anything was written (admission), or storage failed: only the
-          // former is a sure "not stored".
-          bool sure = r.error().code == Errc::kOverloaded;
-          return done(error_answer(503, r.error().message, sure));
-        }
-        std::string letters;
-        letters.reserve(r->size());
-        uint64_t stored = 0;
-        for (ImportOutcome o : *r) {
-          switch (o) {
-            case ImportOutcome::kStored:
-              letters.push_back('S');
-              ++stored;
-              break;
-            case ImportOutcome::kDuplicate:
-              letters.push_back('D');
-              break;
-            case ImportOutcome::kKeptLocal:
-              letters.push_back('K');
-              break;
-            case ImportOutcome::kRejected:
-              letters.push_back('R');
-              break;
-          }
-        }
-        if (*alive) {
-          stats_.moved_in += stored;
-          moved_in_.inc(stored);
-          if (stored > 0 && foreign_in) {
-            rescan_ = true;
-            settled_ = false;
-            schedule_pump();
-          }
-        }
-        done(json_answer(200, fmt::format(R"({{"outcomes":"{}"}})", letters)));
-      });
+  engine_.import(std::move(records), token,
+                 [this, alive = alive_, foreign_in,
+                  done = std::move(done)](Result<std::vector<ImportOutcome>> r) {
+                   if (!r) {
+                     // Refused before anything was written (admission), or storage failed: only the
+                     // former is a sure "not stored".
+                     bool sure = r.error().code == Errc::kOverloaded;
+                     return done(error_answer(503, r.error().message, sure));
+                   }
+                   std::string letters;
+                   letters.reserve(r->size());
+                   uint64_t stored = 0;
+                   for (ImportOutcome o : *r) {
+                     switch (o) {
+                       case ImportOutcome::kStored:
+                         letters.push_back('S');
+                         ++stored;
+                         break;
+                       case ImportOutcome::kDuplicate:
+                         letters.push_back('D');
+                         break;
+                       case ImportOutcome::kKeptLocal:
+                         letters.push_back('K');
+                         break;
+                       case ImportOutcome::kRejected:
+                         letters.push_back('R');
+                         break;
+                     }
+                   }
+                   if (*alive) {
+                     stats_.moved_in += stored;
+                     moved_in_.inc(stored);
+                     if (stored > 0 && foreign_in) {
+                       rescan_ = true;
+                       settled_ = false;
+                       schedule_pump();
+                     }
+                   }
+                   done(json_answer(200, fmt::format(R"({{"outcomes":"{}"}})", letters)));
+                 });
 }
 
 }  // namespace skyring::cluster

@@ -51,15 +51,15 @@ namespace skyring::cluster {
 struct MoverOptions {
   std::string self_id;
   std::string cluster = "skyring";
-  size_t batch = 1000;                     // ids per batch
-  size_t max_batch_bytes = 768 * 1024;     // encoded records per batch (at least one record)
-  size_t max_inflight = 8;                 // batches begun and not ended
-  size_t scan_chunk = 8192;                // slots visited per turn of the loop
-  int64_t send_timeout_ms = 30'000;        // one batch exchange
-  int64_t retry_min_ms = 100;              // resend of an unknown outcome, doubling...
-  int64_t retry_max_ms = 5000;             // ... up to this
-  int64_t rescan_ms = 60'000;              // a pass even without a ring change
-  size_t max_batch_records_in = 100'000;   // receive: records per batch accepted
+  size_t batch = 1000;                    // ids per batch
+  size_t max_batch_bytes = 768 * 1024;    // encoded records per batch (at least one record)
+  size_t max_inflight = 8;                // batches begun and not ended
+  size_t scan_chunk = 8192;               // slots visited per turn of the loop
+  int64_t send_timeout_ms = 30'000;       // one batch exchange
+  int64_t retry_min_ms = 100;             // resend of an unknown outcome, doubling...
+  int64_t retry_max_ms = 5000;            // ... up to this
+  int64_t rescan_ms = 60'000;             // a pass even without a ring change
+  size_t max_batch_records_in = 100'000;  // receive: records per batch accepted
 };
 
 struct MoveStats {
@@ -105,8 +105,7 @@ class Mover final : public MoveSink {
   bool scan_some();
   void queue_id(const std::string& id, const std::string& dest);
   // resend: the ids carry marks of `token` found at recovery (kept and retried on failure).
-  void start_batch(std::string dest, std::vector<std::string> ids, std::string token,
-                   bool resend);
+  void start_batch(std::string dest, std::vector<std::string> ids, std::string token, bool resend);
   void send(std::shared_ptr<Batch> b);
   void on_answer(std::shared_ptr<Batch> b, PeerResponse resp);
   void end(std::shared_ptr<Batch> b, std::vector<std::string> delivered,
@@ -129,8 +128,8 @@ class Mover final : public MoveSink {
   size_t pass_generation_ = 0;  // engine slot table generation when the pass began
   std::string final_cursor_;
   bool pass_found_ = false;
-  bool rescan_ = true;        // a new pass is wanted
-  uint64_t pass_ring_ = 0;    // ring fingerprint the current pass started under
+  bool rescan_ = true;      // a new pass is wanted
+  uint64_t pass_ring_ = 0;  // ring fingerprint the current pass started under
   uint64_t settled_ring_ = 0;
   bool settled_ = false;
   bool pump_posted_ = false;

@@ -105,8 +105,9 @@ struct Router::State : std::enable_shared_from_this<Router::State> {
         hop_limit(metrics.counter("skyring_cluster_hop_limit_total",
                                   "Requests answered 503 because they reached the hop limit "
                                   "(ring views differ)")),
-        joining(metrics.counter("skyring_cluster_joining_refusals_total",
-                                "Requests answered 503 while this node did not know the ring yet")) {}
+        joining(
+            metrics.counter("skyring_cluster_joining_refusals_total",
+                            "Requests answered 503 while this node did not know the ring yet")) {}
 
   using Done = std::function<void(RouteDecision)>;
 
@@ -152,8 +153,8 @@ struct Router::State : std::enable_shared_from_this<Router::State> {
       // and forwarding"). Once others are known, a joining node (in nobody's ring, its own
       // included) forwards everything it does not hold.
       joining.inc();
-      return done(answer(error(
-          503, fmt::format("node {} is joining the ring; retry", options.self_id))));
+      return done(
+          answer(error(503, fmt::format("node {} is joining the ring; retry", options.self_id))));
     }
     const Member* owner = membership.ring().owner(req.timer_id);
     if (owner == nullptr || owner->id == options.self_id) {
@@ -266,7 +267,9 @@ struct Router::State : std::enable_shared_from_this<Router::State> {
     for (const MemberInfo& m : membership.members()) {
       members.push_back(json::object{{"id", m.member.id},
                                      {"address", m.member.address},
-                                     {"state", m.leaving ? "leaving" : m.joining ? "joining" : "active"}});
+                                     {"state", m.leaving   ? "leaving"
+                                               : m.joining ? "joining"
+                                                           : "active"}});
     }
     o["members"] = std::move(members);
     o["ring_version"] = membership.ring_version();

@@ -987,8 +987,7 @@ void TimerEngine::import(std::vector<TimerRecord> records, const std::string& to
   std::vector<Slot*> adopted;
   int64_t now = clock_.now_us();
   for (TimerRecord& r : records) {
-    if (!valid_timer_id(r.id) || token.empty() ||
-        !(awaits_attempt(r.state) || is_final(r.state))) {
+    if (!valid_timer_id(r.id) || token.empty() || !(awaits_attempt(r.state) || is_final(r.state))) {
       outcomes.push_back(ImportOutcome::kRejected);
       continue;
     }
@@ -1002,9 +1001,10 @@ void TimerEngine::import(std::vector<TimerRecord> records, const std::string& to
     bool replaces_outgoing = sit != slots_.end() && sit->second.moving;
     if (!replaces_outgoing && holds(r.id)) {
       if (uint64_t dropped = 0; import_conflict_log_.allow(&dropped)) {
-        log::warn("timer {}: a move brought a record of an id held here already; the record "
-                  "held here stays{}",
-                  r.id, log::Limiter::note(dropped));
+        log::warn(
+            "timer {}: a move brought a record of an id held here already; the record "
+            "held here stays{}",
+            r.id, log::Limiter::note(dropped));
       }
       outcomes.push_back(ImportOutcome::kKeptLocal);
       continue;

@@ -109,10 +109,10 @@ struct MoveMark {
 
 // What import() did with one moved record.
 enum class ImportOutcome {
-  kStored,    // new here: stored durably
-  kDuplicate, // this move (token) was stored before: nothing to do
-  kKeptLocal, // a different record of the id is here already: it stays (counted, logged)
-  kRejected,  // not a valid record (bad id or state): not stored, the sender keeps it
+  kStored,     // new here: stored durably
+  kDuplicate,  // this move (token) was stored before: nothing to do
+  kKeptLocal,  // a different record of the id is here already: it stays (counted, logged)
+  kRejected,   // not a valid record (bad id or state): not stored, the sender keeps it
 };
 
 // The engine's single re-armable wake-up. The driver calls TimerEngine::tick() at or after
@@ -210,8 +210,7 @@ class TimerEngine {
   void import(std::vector<TimerRecord> records, const std::string& token,
               Reply<std::vector<ImportOutcome>> done);
   // Ids of final (retention) records in `state` after `cursor`, at most `limit` (id order).
-  Result<std::vector<std::string>> final_ids(State state, const std::string& cursor,
-                                             size_t limit);
+  Result<std::vector<std::string>> final_ids(State state, const std::string& cursor, size_t limit);
   size_t moving_count() const { return moving_.size(); }
   bool moving_under(const std::string& id, const std::string& token) const {
     auto it = moving_.find(id);
@@ -344,7 +343,7 @@ class TimerEngine {
   // deletes a final record only if it is still listed here under that token (an import of
   // the id takes it off). Bounded by the mover's batches in flight.
   std::unordered_map<std::string, std::string> final_moves_;
-  size_t move_ops_ = 0;                            // storage ops of moves not yet durable
+  size_t move_ops_ = 0;  // storage ops of moves not yet durable
   EngineObserver* observer_ = nullptr;
   bool held_ = false;
   log::Limiter import_conflict_log_;

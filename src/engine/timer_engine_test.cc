@@ -791,7 +791,6 @@ TEST_F(EngineTest, DistinctDestinationsCostLittleMemory) {
   EXPECT_LT(per_destination, 500.0);
 }
 
-
 // --- Cluster moves (docs/cluster.md, "Moves") ---
 
 namespace moves {
@@ -1007,7 +1006,8 @@ TEST_F(EngineMoveTest, ScanWaitingVisitsEveryMovableTimerOnce) {
   std::vector<std::string> seen;
   bool done = false;
   for (int i = 0; i < 1000 && !done; ++i) {
-    done = engine->scan_waiting(&cursor, 64, [](const std::string&) { return true; }, &seen, nullptr);
+    done = engine->scan_waiting(
+        &cursor, 64, [](const std::string&) { return true; }, &seen, nullptr);
   }
   ASSERT_TRUE(done);
   std::set<std::string> got(seen.begin(), seen.end());
