@@ -43,6 +43,7 @@
 #include "base/clock.h"
 #include "bench/load_client.h"
 #include "bench/node_metrics.h"
+#include "bench/node_process.h"
 #include "bench/scenario.h"
 #include "bench/webhook_receiver.h"
 
@@ -131,27 +132,9 @@ class NatsChild {
     port_ = port;
     std::string log_path = dir_ + "/nats.log";
     std::vector<std::string> args = {binary, "-a", "127.0.0.1", "-p", std::to_string(port)};
-    std::vector<char*> argv;
-    for (std::string& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    int log_fd = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-    if (log_fd < 0) return fail(Errc::kIo, fmt::format("{}: {}", log_path, std::strerror(errno)));
-    int devnull = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
-    pid_t parent = getpid();
-    pid_t pid = fork();
-    if (pid == 0) {
-      prctl(PR_SET_PDEATHSIG, SIGKILL);
-      if (getppid() != parent) _exit(127);
-      dup2(devnull, 0);
-      dup2(log_fd, 1);
-      dup2(log_fd, 2);
-      execv(argv[0], argv.data());
-      _exit(127);
-    }
-    ::close(log_fd);
-    if (devnull >= 0) ::close(devnull);
-    if (pid < 0) return fail(Errc::kIo, fmt::format("fork: {}", std::strerror(errno)));
-    pid_ = pid;
+    auto pid = spawn_logged(std::move(args), log_path, /*append=*/true);
+    if (!pid) return tl::unexpected(pid.error());
+    pid_ = *pid;
     int64_t deadline = monotonic_us() + timeout_ms * 1000;
     while (monotonic_us() < deadline && !interrupted().load()) {
       int status = 0;

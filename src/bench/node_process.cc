@@ -93,22 +93,17 @@ void NodeProcess::kill_hard() {
   reap(true);
 }
 
-Result<StartTiming> NodeProcess::start(uint16_t port, int64_t timeout_ms) {
-  if (pid_ > 0) return fail(Errc::kConflict, "node already running");
-  std::string log_path = dir_ + "/node.log";
+Result<pid_t> spawn_logged(std::vector<std::string> args, const std::string& log_path,
+                           bool append) {
   // Everything the child needs is prepared before fork(): after it only async-signal-safe calls.
-  std::vector<std::string> args = {
-      spec_.binary, "run",          "--host",    "127.0.0.1",   "--port",      std::to_string(port),
-      "--data-dir", dir_ + "/data", "--storage", spec_.storage, "--log-level", "info"};
-  args.insert(args.end(), spec_.extra_args.begin(), spec_.extra_args.end());
   std::vector<char*> argv;
   for (std::string& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
-  int log_fd = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  int flags = O_WRONLY | O_CREAT | O_CLOEXEC | (append ? O_APPEND : O_TRUNC);
+  int log_fd = ::open(log_path.c_str(), flags, 0644);
   if (log_fd < 0) return fail(Errc::kIo, fmt::format("{}: {}", log_path, std::strerror(errno)));
   int devnull = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
   pid_t parent = getpid();
-  int64_t t0 = monotonic_us();
   pid_t pid = fork();
   if (pid == 0) {
     prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -122,7 +117,20 @@ Result<StartTiming> NodeProcess::start(uint16_t port, int64_t timeout_ms) {
   ::close(log_fd);
   if (devnull >= 0) ::close(devnull);
   if (pid < 0) return fail(Errc::kIo, fmt::format("fork: {}", std::strerror(errno)));
-  pid_ = pid;
+  return pid;
+}
+
+Result<StartTiming> NodeProcess::start(uint16_t port, int64_t timeout_ms) {
+  if (pid_ > 0) return fail(Errc::kConflict, "node already running");
+  std::string log_path = dir_ + "/node.log";
+  std::vector<std::string> args = {
+      spec_.binary, "run",          "--host",    "127.0.0.1",   "--port",      std::to_string(port),
+      "--data-dir", dir_ + "/data", "--storage", spec_.storage, "--log-level", "info"};
+  args.insert(args.end(), spec_.extra_args.begin(), spec_.extra_args.end());
+  int64_t t0 = monotonic_us();
+  auto pid = spawn_logged(std::move(args), log_path, /*append=*/false);
+  if (!pid) return tl::unexpected(pid.error());
+  pid_ = *pid;
   port_ = 0;
 
   StartTiming t;

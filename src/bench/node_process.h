@@ -35,6 +35,10 @@ struct StartTiming {
   int64_t ping_us = 0;       // spawn -> first GET /ping answered 200
 };
 
+// Starts `args` (args[0] is the binary) with stdin from /dev/null and stdout and stderr into
+// log_path (truncated, or appended to), killed if the bench dies. Returns the child's pid.
+Result<pid_t> spawn_logged(std::vector<std::string> args, const std::string& log_path, bool append);
+
 class NodeProcess {
  public:
   static Result<std::unique_ptr<NodeProcess>> create(NodeSpec spec);
