@@ -111,6 +111,7 @@ void Api::handle(const ApiRequest& req, Done done) {
 
 void Api::route(const ApiRequest& req, Done done) {
   const auto [path, query] = split_target(req.target);
+  if (path == cluster::kForwardPath) return forward_batch(req, std::move(done));
   std::string_view id;
   if (path == "/timer" || path == "/timer/") {
     if (req.method == "POST") id = req.timer_id;
@@ -142,6 +143,60 @@ void Api::route(const ApiRequest& req, Done done) {
                            if (!d.timer_id.empty()) here.timer_id = d.timer_id;
                            handle_here(here, d.fresh_id, std::move(done));
                          });
+}
+
+void Api::forward_batch(const ApiRequest& req, Done done) {
+  const cluster::RouterOptions& ro = options_.router->options();
+  if (req.method != "POST") {
+    ApiResponse r = error(
+        405, fmt::format("method {} is not allowed on {}", req.method, cluster::kForwardPath));
+    r.headers.emplace_back("Allow", "POST");
+    return done(std::move(r));
+  }
+  if (req.cluster != ro.cluster) {
+    return done(error(403, "x-skyring-cluster must be this node's cluster name"));
+  }
+  auto batch = cluster::decode_forward_batch(req.body, ro.forward_batch.max_requests_in,
+                                             kMaxHopsHeaderValue);
+  if (!batch) return done(error(400, batch.error().message));
+  // The requests are views into req.body, which lives until `done` is called: the last
+  // answer encodes them all and only then answers.
+  struct Gather {
+    std::vector<ApiResponse> answers;
+    size_t left = 0;
+    Done done;
+  };
+  auto g = std::make_shared<Gather>();
+  g->answers.resize(batch->size());
+  g->left = batch->size();
+  g->done = std::move(done);
+  for (size_t i = 0; i < batch->size(); ++i) {
+    const cluster::ForwardedRequest& f = (*batch)[i];
+    auto finish = [g, i](ApiResponse r) {
+      g->answers[i] = std::move(r);
+      if (--g->left != 0) return;
+      cluster::ForwardAnswerWriter w(g->answers.size());
+      for (const ApiResponse& a : g->answers) w.add(a.status, a.content_type, a.headers, a.body);
+      ApiResponse all;
+      all.content_type = std::string(cluster::kForwardContentType);
+      all.body = w.take();
+      g->done(std::move(all));
+    };
+    if (split_target(f.target).first.starts_with("/cluster")) {
+      finish(error(400, "a forward batch carries only timer requests"));
+      continue;
+    }
+    ApiRequest one;
+    one.method = f.method;
+    one.target = f.target;
+    one.timer_id = f.timer_id;
+    one.body = f.body;
+    one.content_type = f.content_type;
+    one.cluster = req.cluster;
+    one.hops = f.hops;
+    one.fallback = f.fallback;
+    route(one, std::move(finish));
+  }
 }
 
 void Api::handle_here(const ApiRequest& req, bool fresh_id, Done timed) {

@@ -74,6 +74,8 @@ class Api {
   // After routing (or without a router): the request is answered by this node.
   void handle_here(const ApiRequest& req, bool fresh_id, Done done);
   void route(const ApiRequest& req, Done done);
+  // POST /cluster/forward: each request of the batch routed on its own, answered together.
+  void forward_batch(const ApiRequest& req, Done done);
   void create(const ApiRequest& req, bool fresh_id, Done done);
   void replace(std::string id, const ApiRequest& req, Done done);
   void list(std::string_view query, Done done);

@@ -234,17 +234,19 @@ int run_node(const Config& config) {
   cprobe.commit_seconds =
       &metrics.histogram("skyring_storage_commit_seconds",
                          "Latency of one group commit (write + fsync)", latency_buckets_seconds());
-  cprobe.group_size =
-      &metrics.histogram("skyring_storage_commit_batch_size", "Changes per group commit",
-                         {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096});
+  cprobe.group_size = &metrics.histogram("skyring_storage_commit_batch_size",
+                                         "Key writes (puts and deletes) per group commit",
+                                         {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096});
   GroupCommitter committer(*kv, loop, copts, cprobe);
+  // The engine's changes of one loop turn reach the committer as one submit (one fsync).
+  TurnCommitter turn_committer(committer, loop);
 
   eopts.max_inflight = config.max_inflight;
   eopts.max_inflight_per_destination = config.max_inflight_per_destination;
   eopts.max_unsettled = config.max_pending_writes;
   eopts.retention_us = config.retention_ms * 1000;
   eopts.delivery_timeout_ms = config.delivery_timeout_ms;
-  TimerEngine engine(clock, loop, loop, store, committer, transports, eopts,
+  TimerEngine engine(clock, loop, loop, store, turn_committer, transports, eopts,
                      EngineProbe::make(metrics));
   const bool clustered = !config.nats.empty();
   // A clustered node fires nothing before it knows the ring (docs/cluster.md, "Restart").
@@ -383,6 +385,7 @@ int run_node(const Config& config) {
     cl.bus->stop();
     engine.set_observer(nullptr);
   }
+  turn_committer.flush();
   committer.stop();
   purger.stop();
   loop.run_until([&] { return engine.backlog() == 0; }, 1000);

@@ -29,6 +29,7 @@ namespace skyring::cluster {
 namespace {
 
 constexpr int kReconnectBufBytes = 8 * 1024 * 1024;  // libnats' buffer while disconnected
+constexpr int kSubscribeFlushMs = 2000;  // subscribe() waits at most this for the server's PONG
 
 void open_library() {
   static std::once_flag once;
@@ -227,6 +228,15 @@ class LibnatsBus final : public NatsBus {
       log::error("nats: subscription {} closed at once", subject);
     }
     subs_.push_back(sub);
+    // On a live connection, wait for the server to have the subscription (one PING round trip)
+    // so that whatever any connection publishes from now on reaches it. Before the first
+    // connect there is nothing to wait for: libnats sends the SUB on connecting.
+    if (natsConnection_Status(nc_) == NATS_CONN_STATUS_CONNECTED) {
+      if (natsStatus f = natsConnection_FlushTimeout(nc_, kSubscribeFlushMs); f != NATS_OK) {
+        log::warn("nats: subscription {} not confirmed within {} ms: {}", subject,
+                  kSubscribeFlushMs, last_error_text(f));
+      }
+    }
   }
 
   void on_state(std::function<void(bool connected)> fn) override {

@@ -10,7 +10,9 @@
 //     the queue is full, or NATS is down and its reconnect buffer full, the message is dropped
 //     and counted (skyring_nats_dropped_total), with a rate-limited log line.
 //   * subscribe() callbacks and state changes are posted to the Executor (the engine's loop),
-//     so cluster code never takes locks. subscribe() works before the first connect.
+//     so cluster code never takes locks. subscribe() works before the first connect; on a
+//     live connection it returns once the server has the subscription (one PING round trip,
+//     at most 2 s), so everything published afterwards, by any connection, reaches it.
 //   * stop() (also run by the destructor): after it returns no handler runs any more, not even
 //     one posted before, and no metric is touched (the Registry may go next).
 //

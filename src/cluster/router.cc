@@ -94,6 +94,7 @@ struct Router::State : std::enable_shared_from_this<Router::State> {
         executor(x),
         moves(s),
         options(std::move(o)),
+        batcher(p, x, batch_options(options), metrics),
         forwarded(metrics.counter("skyring_cluster_forwarded_total",
                                   "Requests forwarded to the timer's owner")),
         forward_failures(metrics.counter(
@@ -110,6 +111,12 @@ struct Router::State : std::enable_shared_from_this<Router::State> {
                             "Requests answered 503 while this node did not know the ring yet")) {}
 
   using Done = std::function<void(RouteDecision)>;
+
+  static ForwardBatchOptions batch_options(const RouterOptions& o) {
+    ForwardBatchOptions b = o.forward_batch;
+    b.cluster = o.cluster;
+    return b;
+  }
 
   void route(RouteRequest req, Done done) {
     std::string_view path = req.target.substr(0, req.target.find('?'));
@@ -179,17 +186,16 @@ struct Router::State : std::enable_shared_from_this<Router::State> {
     PeerRequest p = make_request(req, send_id, false);
     p.address = to.address;
     forwarded.inc();
-    peers.send(std::move(p),
-               [self = shared_from_this(), to, done = std::move(done)](PeerResponse p) mutable {
-                 self->executor.post([self, to = std::move(to), done = std::move(done),
-                                      p = std::move(p)]() mutable {
-                   if (p.kind != PeerResponse::Kind::kAnswered) {
-                     self->forward_failures.inc();
-                     return done(answer(self->unreachable(to, p.error)));
-                   }
-                   done(answer(relay(std::move(p))));
-                 });
-               });
+    // Alone when the owner has a free slot, else in the next batch (forward_batch.h); the
+    // answer comes on the executor.
+    batcher.send(std::move(p), [self = shared_from_this(), to = std::move(to),
+                                done = std::move(done)](PeerResponse p) mutable {
+      if (p.kind != PeerResponse::Kind::kAnswered) {
+        self->forward_failures.inc();
+        return done(answer(self->unreachable(to, p.error)));
+      }
+      done(answer(relay(std::move(p))));
+    });
   }
 
   // Earlier owners asked in turn (newest ring first) whether they still hold the id.
@@ -304,6 +310,7 @@ struct Router::State : std::enable_shared_from_this<Router::State> {
   Executor& executor;
   MoveSink& moves;
   const RouterOptions options;
+  ForwardBatcher batcher;
   Counter& forwarded;
   Counter& forward_failures;
   Counter& fallback_lookups;
@@ -326,6 +333,10 @@ std::string Router::health_json() const {
 
 std::string Router::view_json() const {
   return state_->view_json();
+}
+
+const RouterOptions& Router::options() const {
+  return state_->options;
 }
 
 }  // namespace skyring::cluster

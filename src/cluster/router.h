@@ -13,11 +13,13 @@
 //     (Membership::previous_owners): each is asked with x-skyring-fallback, the first that
 //     holds X answers; when none does, here.
 //   * otherwise forwarded to owner(X) with x-skyring-hops + 1 over pooled keep-alive
-//     connections; status, headers and body come back unchanged. hops >= max_hops: 503 (ring
-//     views differ); owner unreachable or no answer within forward_timeout_ms: 503 with
+//     connections, alone or, when the owner's exchanges are all busy, in the next forward
+//     batch (forward_batch.h); status, headers and body come back unchanged. hops >= max_hops: 503
+//     (ring views differ); owner unreachable or no answer within forward_timeout_ms: 503 with
 //     x-skyring-reason and Retry-After.
 //   * GET /cluster: this node's view. POST /cluster/moves (x-skyring-cluster must match): a
-//     batch of moved timers, handed to the MoveSink.
+//     batch of moved timers, handed to the MoveSink. POST /cluster/forward (a forward batch)
+//     is taken apart by the Api before routing: each of its requests is routed on its own.
 //   * anything else (list, health, metrics, ping): here. Listing is per node (README).
 //
 // Threading: route() on the engine's executor; `done` on it too.
@@ -33,6 +35,7 @@
 
 #include "base/executor.h"
 #include "base/metrics.h"
+#include "cluster/forward_batch.h"
 #include "cluster/membership.h"
 #include "cluster/peer_client.h"
 #include "engine/timer_engine.h"
@@ -83,6 +86,9 @@ struct RouterOptions {
   std::string self_id;  // this node's member id (MembershipOptions::self.id)
   int max_hops = 2;
   int64_t forward_timeout_ms = 5000;
+  // Forwards that queue for one owner go together (forward_batch.h); `cluster` is ignored
+  // (the one above is used).
+  ForwardBatchOptions forward_batch;
   // For /health; empty: reported as disconnected. Called on the executor.
   std::function<bool()> nats_connected;
 };
@@ -97,6 +103,7 @@ class Router {
   std::string health_json() const;
   // The body of GET /cluster.
   std::string view_json() const;
+  const RouterOptions& options() const;
 
  private:
   struct State;

@@ -9,6 +9,7 @@
 #include <boost/beast/http.hpp>
 
 #include "api/api.h"
+#include "cluster/forward_batch.h"
 
 namespace skyring {
 
@@ -18,20 +19,6 @@ inline void limit_request_parser(HttpRequestParser& parser, size_t max_header_by
                                  size_t max_body_bytes) {
   parser.header_limit(static_cast<std::uint32_t>(max_header_bytes));
   parser.body_limit(max_body_bytes);
-}
-
-// x-skyring-hops (absent: 0, not parsed): a decimal number up to kMaxHopsHeaderValue;
-// anything else (empty, garbage, negative, huge) -> kMaxHopsHeaderValue, so a request whose
-// count we cannot read is never forwarded again.
-inline int parse_hops(std::string_view v) {
-  if (v.empty()) return kMaxHopsHeaderValue;
-  if (v.size() > 3) return kMaxHopsHeaderValue;
-  int n = 0;
-  for (char c : v) {
-    if (c < '0' || c > '9') return kMaxHopsHeaderValue;
-    n = n * 10 + (c - '0');
-  }
-  return n > kMaxHopsHeaderValue ? kMaxHopsHeaderValue : n;
 }
 
 // The views point into `req`, which must outlive the ApiRequest.
@@ -47,7 +34,7 @@ inline ApiRequest to_api_request(
   areq.content_type = view(req[boost::beast::http::field::content_type]);
   areq.cluster = view(req["x-skyring-cluster"]);
   auto hops = req.find("x-skyring-hops");
-  if (hops != req.end()) areq.hops = parse_hops(view(hops->value()));
+  if (hops != req.end()) areq.hops = cluster::parse_hops(view(hops->value()), kMaxHopsHeaderValue);
   areq.fallback = req.find("x-skyring-fallback") != req.end();
   return areq;
 }

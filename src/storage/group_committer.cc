@@ -74,7 +74,7 @@ void GroupCommitter::run() {
     }
     // Key order makes RocksDB's memtable inserts cheaper (each skip-list search starts near the
     // last one). Stable, so operations on one key keep their order; others commute.
-    if (group.size() > 1) {
+    if (merged.size() > 1) {
       std::stable_sort(merged.begin(), merged.end(),
                        [](const KvOp& a, const KvOp& b) { return a.key < b.key; });
     }
@@ -92,7 +92,7 @@ void GroupCommitter::run() {
       r = kv_.write(merged, options_.sync);
       if (probe_.commit_seconds) probe_.commit_seconds->observe((monotonic_us() - start) / 1e6);
     }
-    if (probe_.group_size) probe_.group_size->observe(static_cast<double>(group.size()));
+    if (probe_.group_size) probe_.group_size->observe(static_cast<double>(merged.size()));
     if (!r && !already_failed) {
       log::error("storage write failed, refusing further writes: {}", r.error().message);
       std::lock_guard lock(mu_);
@@ -106,6 +106,71 @@ void GroupCommitter::run() {
       for (CommitDone& d : *dones) d(r);
     });
   }
+}
+
+struct TurnCommitter::State : std::enable_shared_from_this<TurnCommitter::State> {
+  State(Committer& n, Executor& x, size_t m)
+      : next(n), executor(x), max_ops(std::max<size_t>(1, m)) {}
+
+  void flush() {
+    flush_posted = false;
+    if (dones.empty()) return;
+    auto group = std::make_shared<std::vector<CommitDone>>(std::move(dones));
+    dones.clear();
+    KvBatch batch = std::move(ops);
+    ops.clear();
+    auto done_all = [group](const Result<void>& r) {
+      for (CommitDone& d : *group) {
+        if (d) d(r);
+      }
+    };
+    if (auto s = next.submit(std::move(batch), done_all); !s) {
+      // The engine admits no more changes than the committer's queue holds (the node sizes
+      // it): a full queue is a sizing bug, as it was before submits were gathered.
+      SKYRING_ASSERT(s.error().code != Errc::kOverloaded,
+                     "committer queue is smaller than the engine's admission bound");
+      // Completions never run on a submitter's stack: the error too comes from the executor.
+      executor.post([done_all, err = s.error()] { done_all(tl::unexpected(err)); });
+    }
+  }
+
+  Committer& next;
+  Executor& executor;
+  const size_t max_ops;
+  KvBatch ops;
+  std::vector<CommitDone> dones;
+  bool flush_posted = false;
+};
+
+TurnCommitter::TurnCommitter(Committer& next, Executor& executor, size_t max_ops)
+    : state_(std::make_shared<State>(next, executor, max_ops)) {}
+
+TurnCommitter::~TurnCommitter() {
+  state_->flush();
+}
+
+Result<void> TurnCommitter::submit(KvBatch batch, CommitDone done) {
+  State& s = *state_;
+  if (s.ops.empty()) {
+    s.ops = std::move(batch);
+  } else {
+    s.ops.insert(s.ops.end(), std::make_move_iterator(batch.begin()),
+                 std::make_move_iterator(batch.end()));
+  }
+  s.dones.push_back(std::move(done));
+  if (s.ops.size() >= s.max_ops) {
+    s.flush();
+  } else if (!s.flush_posted) {
+    s.flush_posted = true;
+    s.executor.post([weak = std::weak_ptr<State>(state_)] {
+      if (auto st = weak.lock()) st->flush();
+    });
+  }
+  return {};
+}
+
+void TurnCommitter::flush() {
+  state_->flush();
 }
 
 }  // namespace skyring

@@ -19,6 +19,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -40,7 +41,7 @@ struct CommitterOptions {
 
 struct CommitterProbe {
   Histogram* commit_seconds = nullptr;  // latency of one group write
-  Histogram* group_size = nullptr;      // submits per group
+  Histogram* group_size = nullptr;      // key writes per group
 };
 
 // What the engine needs from a committer; the engine tests use a manual fake.
@@ -78,6 +79,34 @@ class GroupCommitter final : public Committer {
   bool stopping_ = false;
   bool failed_ = false;
   std::thread thread_;
+};
+
+// TurnCommitter: the engine's submits of one event-loop turn as one submit.
+//
+// Why: the GroupCommitter's thread wakes on the first submit and writes what it finds; when
+// a turn of the engine's loop handles several requests (a forward batch of creates, many
+// client reads from one epoll wake-up), the first change would go alone and the others in
+// the next group: one fsync and two wake-ups per change instead of per turn. This wrapper
+// gathers the submits made on the executor's thread and hands them on as one, from a task
+// posted at the first of them: it runs after the work already queued on the loop, so it adds
+// no wait of its own.
+// Contract: a Committer; submit() only on the executor's thread. Completions keep submit
+// order (the one merged submit completes them in order); a failed write, or a refusal by the
+// next committer (stopped, failed earlier), fails each; a full queue there is a sizing bug
+// and crashes loudly (SKYRING_ASSERT), as the engine's own check did. At most
+// max_ops operations gather; the submit that reaches it hands them on at once. flush() hands
+// on what gathered (the node calls it before stopping the GroupCommitter).
+class TurnCommitter final : public Committer {
+ public:
+  TurnCommitter(Committer& next, Executor& executor, size_t max_ops = 4096);
+  ~TurnCommitter() override;
+
+  Result<void> submit(KvBatch batch, CommitDone done) override;
+  void flush();
+
+ private:
+  struct State;
+  std::shared_ptr<State> state_;
 };
 
 }  // namespace skyring

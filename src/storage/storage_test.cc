@@ -815,7 +815,7 @@ TEST_F(GroupCommitterTest, BatchesWhatQueuesDuringAWrite) {
   EXPECT_EQ(kv_.writes(), 2);
   EXPECT_EQ(kv_.batch_sizes(), (std::vector<size_t>{1, 100}));
   EXPECT_EQ(group_size.count(), 2u);
-  EXPECT_EQ(group_size.sum(), 51.0);
+  EXPECT_EQ(group_size.sum(), 101.0);  // key writes per group: 1, then 50 x 2
   for (int i = 0; i <= 50; ++i) EXPECT_EQ(order_[i], i);
   EXPECT_EQ(keys(*mem_, "k", "l").size(), 50u);
 }
@@ -1005,6 +1005,94 @@ TEST_F(GroupCommitterTest, SyncOption) {
   ASSERT_TRUE(wait_done(1));
   c.stop();
   EXPECT_EQ(kv_.syncs(), (std::vector<bool>{false}));
+}
+
+// Records what reaches it; fails synchronously when told to.
+class RecordingCommitter final : public Committer {
+ public:
+  Result<void> submit(KvBatch batch, CommitDone done) override {
+    if (refuse) return fail(Errc::kUnavailable, "refused");
+    batches.push_back(std::move(batch));
+    dones.push_back(std::move(done));
+    return {};
+  }
+  std::vector<KvBatch> batches;
+  std::vector<CommitDone> dones;
+  bool refuse = false;
+};
+
+class TurnCommitterTest : public GroupCommitterTest {
+ protected:
+  void submit_ok(TurnCommitter& c, KvBatch b, int index) {
+    auto r = c.submit(std::move(b), record(index));
+    ASSERT_TRUE(r.has_value()) << r.error().message;
+  }
+  std::vector<std::string> keys_of(const KvBatch& b) {
+    std::vector<std::string> out;
+    for (const KvOp& op : b) out.push_back(op.key);
+    return out;
+  }
+  RecordingCommitter next_;
+};
+
+TEST_F(TurnCommitterTest, OneTurnsSubmitsGoOnAsOneInOrder) {
+  TurnCommitter c(next_, executor_);
+  submit_ok(c, {put("b", "1")}, 0);
+  submit_ok(c, {put("a", "1"), del("c")}, 1);
+  submit_ok(c, {}, 2);
+  EXPECT_TRUE(next_.batches.empty());  // nothing before the turn ends
+  EXPECT_EQ(executor_.run_all(), 1u);
+  ASSERT_EQ(next_.batches.size(), 1u);
+  EXPECT_EQ(keys_of(next_.batches[0]), (std::vector<std::string>{"b", "a", "c"}));
+  next_.dones[0](Result<void>{});
+  EXPECT_EQ(order_, (std::vector<int>{0, 1, 2}));
+  for (const auto& r : results_) EXPECT_TRUE(r.has_value());
+  // The next turn starts a new group.
+  submit_ok(c, {put("d", "1")}, 3);
+  executor_.run_all();
+  ASSERT_EQ(next_.batches.size(), 2u);
+  next_.dones[1](fail(Errc::kIo, "disk"));
+  ASSERT_EQ(results_.size(), 4u);
+  EXPECT_FALSE(results_[3].has_value());
+}
+
+TEST_F(TurnCommitterTest, AFullGroupGoesAtOnce) {
+  TurnCommitter c(next_, executor_, 4);
+  submit_ok(c, {put("a", "1"), put("b", "1")}, 0);
+  submit_ok(c, {put("c", "1"), put("d", "1")}, 1);  // 4 ops: handed on now
+  ASSERT_EQ(next_.batches.size(), 1u);
+  submit_ok(c, {put("e", "1")}, 2);
+  executor_.run_all();
+  ASSERT_EQ(next_.batches.size(), 2u);
+  EXPECT_EQ(keys_of(next_.batches[1]), (std::vector<std::string>{"e"}));
+}
+
+TEST_F(TurnCommitterTest, ARefusedGroupFailsEachFromTheExecutor) {
+  next_.refuse = true;
+  TurnCommitter c(next_, executor_);
+  submit_ok(c, {put("a", "1")}, 0);
+  submit_ok(c, {put("b", "1")}, 1);
+  c.flush();
+  EXPECT_TRUE(results_.empty());  // not on the caller's stack
+  executor_.run_all();
+  ASSERT_EQ(results_.size(), 2u);
+  EXPECT_EQ(order_, (std::vector<int>{0, 1}));
+  for (const auto& r : results_) {
+    ASSERT_FALSE(r.has_value());
+    EXPECT_EQ(r.error().code, Errc::kUnavailable);
+  }
+}
+
+TEST_F(TurnCommitterTest, OverAGroupCommitterEverythingIsWrittenOnce) {
+  GroupCommitter g(kv_, executor_, CommitterOptions{});
+  TurnCommitter c(g, executor_);
+  for (int i = 0; i < 30; ++i) submit_ok(c, {put(fmt::format("k{:02}", i), "v")}, i);
+  ASSERT_TRUE(wait_done(30));
+  EXPECT_EQ(kv_.writes(), 1);
+  std::vector<int> expected(30);
+  for (int i = 0; i < 30; ++i) expected[i] = i;
+  EXPECT_EQ(order_, expected);
+  EXPECT_EQ(keys(*mem_, "k", "l").size(), 30u);
 }
 
 }  // namespace

@@ -387,7 +387,7 @@ def run_binary(args, env=None, timeout=30.0, cwd=None):
         return p.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
     except subprocess.TimeoutExpired:
         p.kill()
-        out, err = p.communicate(10)
+        out, err = p.communicate(timeout=10)
         return None, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
 
 

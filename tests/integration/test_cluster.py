@@ -6,6 +6,10 @@
 * Creates through every node (with and without x-timer-id) are delivered exactly once, never
   early; GET/PUT/DELETE through a non-owner act on the owner's timer (forwarded, counted in
   skyring_cluster_forwarded_total); idempotent create answers the same through every node.
+* Forward batches: POST /cluster/forward answers each request of a batch in order (creates at
+  the owner, bad bodies 400, /cluster/* refused inside a batch); bad batches are refused whole
+  (403 wrong cluster, 400 malformed or too many, 405); 48 concurrent clients on one node make
+  forwards go in batches, and every timer is still created once and delivered once.
 * Events on NATS: create/success/cancel on skyring:events from the owner.
 * An owner killed with -9: requests through the survivors are answered (never hang), with 503 +
   x-skyring-reason while the owner is unreachable, normally once the ring dropped it; restarted
@@ -15,11 +19,14 @@ Each test starts its own nats-server on a free loopback port (cluster_harness.Na
 """
 
 import collections
+import json
 import os
 import random
 import shutil
+import struct
 import subprocess
 import tempfile
+import threading
 import time
 import unittest
 
@@ -303,6 +310,142 @@ class ClusterApiTest(ClusterTestCase):
         finally:
             for k, tid in enumerate(ids):
                 self.client(self.n(1 + k % 3)).delete("/timer/" + tid)
+
+    # ------------------------------------------------------------------ forward batches
+
+    @staticmethod
+    def forward_batch(requests):
+        """SKF1 body (docs/cluster.md, "Forward batches"): (method, target, headers, body)."""
+        def s(b):
+            b = b.encode() if isinstance(b, str) else b
+            return struct.pack("<I", len(b)) + b
+        out = b"SKF1" + struct.pack("<I", len(requests))
+        for method, target, headers, body in requests:
+            out += s(method) + s(target) + struct.pack("<I", len(headers))
+            for k, v in headers:
+                out += s(k) + s(v)
+            out += s(body)
+        return out
+
+    @staticmethod
+    def forward_answers(data):
+        """SKA1 body -> [(status, content_type, {header: value}, body)]."""
+        assert data[:4] == b"SKA1", data[:16]
+        i = 4
+
+        def u32():
+            nonlocal i
+            v = struct.unpack_from("<I", data, i)[0]
+            i += 4
+            return v
+
+        def s():
+            nonlocal i
+            n = u32()
+            v = data[i:i + n]
+            i += n
+            return v
+
+        out = []
+        for _ in range(u32()):
+            status, ct = u32(), s().decode()
+            hdrs = {}
+            for _ in range(u32()):
+                k = s().decode()
+                hdrs[k.lower()] = s().decode()
+            out.append((status, ct, hdrs, s()))
+        assert i == len(data), (i, len(data))
+        return out
+
+    def test_forward_batch_endpoint(self):
+        """What an entry node sends when requests queue for an owner: each request of the batch
+        is handled as if it came alone, answers in order; bad batches are refused whole."""
+        entry = self.n(1)
+        mine = self.id_owned_by("node-1", "fb1-")
+        other = self.id_owned_by("node-2", "fb2-")  # the views agree: forwarded once more
+        body = json.dumps(timer_body(self.hook(), timeout=FAR, data="fb"))
+        hdrs = lambda tid: [("Content-Type", "application/json"), ("x-timer-id", tid),  # noqa
+                            ("x-skyring-hops", "1")]
+        batch = self.forward_batch([
+            ("POST", "/timer", hdrs(mine), body),
+            ("POST", "/timer", hdrs(other), body),
+            ("POST", "/timer", hdrs(random_id("fbx-", 10)), "{not json"),
+            ("POST", "/cluster/moves", [], "SKM1"),
+            ("GET", "/timer/" + random_id("fbn-", 10), [("x-skyring-hops", "1")], ""),
+        ])
+        c = self.client(entry)
+        fwd = {"Content-Type": "application/x-skyring-forward",
+               "x-skyring-cluster": self.cluster.name}
+        r = c.post("/cluster/forward", batch, headers=fwd)
+        self.assertEqual(r.status, 200, r.body)
+        answers = self.forward_answers(r.body)
+        self.assertEqual([a[0] for a in answers], [201, 201, 400, 400, 404], answers)
+        self.assertEqual(json.loads(answers[0][3])["id"], mine)
+        self.assertEqual(json.loads(answers[1][3])["id"], other)
+        self.assertEqual(answers[0][1], "application/json")
+        self.assertIn("x-skyring-reason", answers[2][2])
+        try:
+            for tid in (mine, other):
+                for i in (1, 2, 3):
+                    self.assertEqual(self.client(self.n(i)).get("/timer/" + tid).status, 200)
+                self.assertEqual(list_ids(self.cluster.node(self.ring.owner(tid)),
+                                          prefix=tid), {tid})
+            # Refused whole: wrong cluster, not a batch, wrong method, too many requests.
+            self.assertError(c.post("/cluster/forward", batch,
+                                    headers=dict(fwd, **{"x-skyring-cluster": "other"})), 403)
+            self.assertError(c.post("/cluster/forward", b"SKF1\xff", headers=fwd), 400)
+            self.assertError(c.post("/cluster/forward", b"", headers=fwd), 400)
+            self.assertError(c.get("/cluster/forward"), 405)
+            many = self.forward_batch([("GET", "/ping", [], "")] * 1025)
+            self.assertError(c.post("/cluster/forward", many, headers=fwd), 400)
+        finally:
+            for tid in (mine, other):
+                self.client(self.n(3)).delete("/timer/" + tid)
+
+    def test_concurrent_forwards_go_in_batches_exactly_once(self):
+        """Many clients on one node: forwards queue behind the owners' busy exchanges and go in
+        batches (skyring_cluster_forward_batches_total); every timer is still created once,
+        answered to its own client and delivered once."""
+        entry = self.n(1)
+        path = self.path()
+        ledger = Ledger()
+        before = self.cluster.metric(entry, "skyring_cluster_forward_batches_total")
+        t0 = now_ms()
+        lock = threading.Lock()
+        wrong_id = []
+
+        def worker(w, rnd_seed, count):
+            rnd = random.Random(rnd_seed)
+            c = Client(entry.port, timeout=30)
+            try:
+                for k in range(count):
+                    tid = random_id("fbc-%d-" % w, 10, rnd)
+                    r = create_one(c, ledger, self.receiver.url(path), tid,
+                                   t0 + 3000 + rnd.randint(0, 2000), via=entry.node_id)
+                    if r is not None and r.status == 201 and r.json().get("id") != tid:
+                        with lock:
+                            wrong_id.append((tid, r.json()))
+            finally:
+                c.close()
+
+        rounds = 0
+        while rounds < 6:  # bounded: each round is 48 clients x 10 creates
+            rounds += 1
+            threads = [threading.Thread(target=worker, args=(w, rounds * 100 + w, 10))
+                       for w in range(48)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+            if self.cluster.metric(entry, "skyring_cluster_forward_batches_total") > before:
+                break
+        self.assertGreater(self.cluster.metric(entry, "skyring_cluster_forward_batches_total"),
+                           before, "no forward batch after %d rounds of 48 concurrent clients"
+                           % rounds)
+        self.assertEqual(wrong_id, [])
+        self.assertEqual(dict(ledger.statuses), {201: len(ledger.acked)}, ledger.statuses)
+        counts = check_exactly_once(self, self.receiver, path, ledger, timeout=60)
+        self.assertEqual(len(counts), len(ledger.acked))
 
     # ------------------------------------------------------------------ events
 
