@@ -13,9 +13,9 @@
 // max_requests requests and max_bytes encoded as one batch, or the one request alone.
 // Every request gets its own PeerResponse: the owner's answer to it, or its batch's failure
 // (kNotSent / kFailed / kRefused: a batch fails as a whole, with what PeerClient says of it).
-// An answer to the batch other than 200 with a well-formed body (403 wrong cluster, 413, 503
-// body buffer full, an older node's 404) becomes each request's answer; an unreadable 200 is
-// kFailed for each (the owner may have acted on them).
+// An answer to the batch other than 200 (403 wrong cluster, 400 malformed, 413, 503 body
+// buffer full, an older node's 404) becomes each request's answer; a 200 whose body cannot be
+// read is kFailed for each (the owner may have acted on them).
 // Bounds: at most max_queued requests wait over all peers (beyond it: kRefused at once).
 // A request's timeout_ms counts from when it is sent; the wait in the queue is bounded by the
 // timeouts of the exchanges ahead of it.
