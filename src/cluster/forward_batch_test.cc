@@ -230,6 +230,15 @@ class ForwardBatcherTest : public ::testing::Test {
   }
   void TearDown() override { client_.stop(); }
 
+  // Sends /timer/0 .. /timer/<n-1>: the first goes at once and `peer` holds it, so the others
+  // queue behind it. False if the peer never got the first.
+  bool send_behind_a_held_one(ForwardBatcher& b, GatedPeer& peer, const std::string& address,
+                              size_t n) {
+    for (size_t i = 0; i < n; ++i)
+      b.send(request(address, "/timer/" + std::to_string(i)), collect(i));
+    return peer.wait_held();
+  }
+
   // Drains the executor until `n` answers came.
   bool wait_answers(size_t n) {
     auto deadline = Clock_::now() + kDeadline;
@@ -258,9 +267,8 @@ TEST_F(ForwardBatcherTest, QueuedRequestsGoTogetherAndEachGetsItsAnswer) {
   GatedPeer peer;
   HttpServerForTests server(peer.handler());
   ForwardBatcher b(client_, ex_, options_, reg_);
-  for (size_t i = 0; i < 5; ++i)
-    b.send(request(server.address(), "/timer/" + std::to_string(i)), collect(i));
-  ASSERT_TRUE(peer.wait_held());  // /timer/0 went alone, at once; the others wait
+  // /timer/0 goes alone, at once; the others wait.
+  ASSERT_TRUE(send_behind_a_held_one(b, peer, server.address(), 5));
   EXPECT_EQ(metric(reg_, "skyring_cluster_forward_queued"), 4);
   peer.release();
   ASSERT_TRUE(wait_answers(5));
@@ -316,9 +324,7 @@ TEST_F(ForwardBatcherTest, ARefusedBatchGivesEachRequestTheOwnersAnswer) {
   peer.batch_status = 503;
   HttpServerForTests server(peer.handler());
   ForwardBatcher b(client_, ex_, options_, reg_);
-  for (size_t i = 0; i < 3; ++i)
-    b.send(request(server.address(), "/timer/" + std::to_string(i)), collect(i));
-  ASSERT_TRUE(peer.wait_held());
+  ASSERT_TRUE(send_behind_a_held_one(b, peer, server.address(), 3));
   peer.release();
   ASSERT_TRUE(wait_answers(3));
   EXPECT_EQ(answers_[0].status, 200);
@@ -334,9 +340,7 @@ TEST_F(ForwardBatcherTest, AnUnreadableAnswerIsAnUnknownOutcomeForEach) {
   peer.garbled = true;
   HttpServerForTests server(peer.handler());
   ForwardBatcher b(client_, ex_, options_, reg_);
-  for (size_t i = 0; i < 3; ++i)
-    b.send(request(server.address(), "/timer/" + std::to_string(i)), collect(i));
-  ASSERT_TRUE(peer.wait_held());
+  ASSERT_TRUE(send_behind_a_held_one(b, peer, server.address(), 3));
   peer.release();
   ASSERT_TRUE(wait_answers(3));
   for (size_t i : {1, 2}) {
@@ -362,9 +366,7 @@ TEST_F(ForwardBatcherTest, AFullQueueRefusesAtOnce) {
   GatedPeer peer;
   HttpServerForTests server(peer.handler());
   ForwardBatcher b(client_, ex_, options_, reg_);
-  for (size_t i = 0; i < 5; ++i)
-    b.send(request(server.address(), "/timer/" + std::to_string(i)), collect(i));
-  ASSERT_TRUE(peer.wait_held());
+  ASSERT_TRUE(send_behind_a_held_one(b, peer, server.address(), 5));
   ex_.run_all();
   EXPECT_EQ(answers_.size(), 2u);  // 3 and 4: refused without waiting
   EXPECT_EQ(answers_[3].kind, Kind::kRefused);
