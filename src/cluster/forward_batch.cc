@@ -1,11 +1,12 @@
 #include "cluster/forward_batch.h"
 
 #include <algorithm>
-#include <cctype>
 #include <deque>
 #include <unordered_map>
 
 #include <fmt/format.h>
+
+#include "cluster/wire.h"
 
 namespace skyring::cluster {
 namespace {
@@ -14,29 +15,9 @@ constexpr std::string_view kBatchMagic = "SKF1";
 constexpr std::string_view kAnswerMagic = "SKA1";
 constexpr uint32_t kMaxHeadersPerEntry = 64;
 
-bool same_name(std::string_view a, std::string_view b) {
-  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
-           return std::tolower(static_cast<unsigned char>(x)) ==
-                  std::tolower(static_cast<unsigned char>(y));
-         });
-}
-
-void put_u32(std::string& out, uint32_t v) {
-  for (int i = 0; i < 4; ++i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
-}
-
 void put_str(std::string& out, std::string_view s) {
   put_u32(out, static_cast<uint32_t>(s.size()));
   out.append(s);
-}
-
-// Reads from the front of `in`; false (in unchanged or partly consumed) when too short.
-bool get_u32(std::string_view& in, uint32_t* v) {
-  if (in.size() < 4) return false;
-  *v = 0;
-  for (int i = 0; i < 4; ++i) *v |= static_cast<uint32_t>(static_cast<uint8_t>(in[i])) << (8 * i);
-  in.remove_prefix(4);
-  return true;
 }
 
 bool get_str(std::string_view& in, std::string_view* s) {
@@ -95,13 +76,13 @@ Result<std::vector<ForwardedRequest>> decode_forward_batch(std::string_view in, 
       if (!get_str(in, &k) || !get_str(in, &v)) {
         return tl::unexpected(bad(fmt::format("request {} truncated in its headers", i)));
       }
-      if (same_name(k, "x-timer-id")) {
+      if (iequals(k, "x-timer-id")) {
         r.timer_id = v;
-      } else if (same_name(k, "content-type")) {
+      } else if (iequals(k, "content-type")) {
         r.content_type = v;
-      } else if (same_name(k, "x-skyring-hops")) {
+      } else if (iequals(k, "x-skyring-hops")) {
         r.hops = parse_hops(v, max_hops);
-      } else if (same_name(k, "x-skyring-fallback")) {
+      } else if (iequals(k, "x-skyring-fallback")) {
         r.fallback = true;
       }
     }

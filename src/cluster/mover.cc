@@ -1,12 +1,12 @@
 #include "cluster/mover.h"
 
 #include <algorithm>
-#include <cctype>
 #include <cstring>
 
 #include <fmt/format.h>
 
 #include "base/clock.h"
+#include "cluster/wire.h"
 #include "model/codec.h"
 #include "model/json_text.h"
 
@@ -15,18 +15,6 @@ namespace {
 
 constexpr std::string_view kMagic = "SKM1";
 constexpr std::string_view kMoveHeader = "x-skyring-move";  // "refused": nothing was stored
-
-void put_u32(std::string& out, uint32_t v) {
-  for (int i = 0; i < 4; ++i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
-}
-
-bool get_u32(std::string_view& in, uint32_t* v) {
-  if (in.size() < 4) return false;
-  *v = 0;
-  for (int i = 0; i < 4; ++i) *v |= static_cast<uint32_t>(static_cast<uint8_t>(in[i])) << (8 * i);
-  in.remove_prefix(4);
-  return true;
-}
 
 RouteResponse json_answer(int status, std::string body) {
   RouteResponse r;
@@ -433,10 +421,7 @@ void Mover::on_answer(std::shared_ptr<Batch> b, PeerResponse resp) {
                  (resp.kind == Kind::kAnswered && resp.status >= 400 && resp.status < 500);
   if (resp.kind == Kind::kAnswered) {
     for (const auto& [name, value] : resp.headers) {
-      if (name.size() == kMoveHeader.size() &&
-          std::equal(name.begin(), name.end(), kMoveHeader.begin(),
-                     [](char a, char c) { return std::tolower(a) == c; }) &&
-          value == "refused") {
+      if (iequals(name, kMoveHeader) && value == "refused") {
         refused = true;
       }
     }

@@ -41,6 +41,7 @@
 #include "base/clock.h"
 #include "base/log.h"
 #include "base/result.h"
+#include "cluster/wire.h"
 
 namespace skyring::cluster {
 namespace {
@@ -57,13 +58,6 @@ constexpr size_t kMaxHeaderBytes = 64 * 1024;  // of one answer's head
 constexpr size_t kMaxBufferBytes = kMaxHeaderBytes + 64 * 1024;
 constexpr int64_t kResolveTtlMs = 10'000;  // a resolved name is used this long
 constexpr int kMaxInformational = 8;       // 1xx answers skipped before the real one
-
-bool iequals(std::string_view a, std::string_view b) {
-  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
-           return std::tolower(static_cast<unsigned char>(x)) ==
-                  std::tolower(static_cast<unsigned char>(y));
-         });
-}
 
 bool hop_by_hop(std::string_view name) {
   for (std::string_view h : {"connection", "keep-alive", "transfer-encoding", "content-length",

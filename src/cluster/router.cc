@@ -1,12 +1,12 @@
 #include "cluster/router.h"
 
 #include <algorithm>
-#include <cctype>
 
 #include <fmt/format.h>
 #include <boost/json.hpp>
 
 #include "base/log.h"
+#include "cluster/wire.h"
 #include "model/json_text.h"
 
 namespace skyring::cluster {
@@ -14,20 +14,13 @@ namespace {
 
 namespace json = boost::json;
 
-bool same_name(std::string_view a, std::string_view b) {
-  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
-           return std::tolower(static_cast<unsigned char>(x)) ==
-                  std::tolower(static_cast<unsigned char>(y));
-         });
-}
-
 // Response headers not relayed from a peer: framing and connection handling belong to each
 // hop (PeerClient drops most already), Content-Type travels in RouteResponse::content_type,
 // and our own server writes its Server header.
 bool not_relayed(std::string_view name) {
   for (std::string_view h : {"connection", "keep-alive", "transfer-encoding", "content-length",
                              "upgrade", "te", "proxy-connection", "content-type", "server"}) {
-    if (same_name(name, h)) return true;
+    if (iequals(name, h)) return true;
   }
   return false;
 }
@@ -35,7 +28,7 @@ bool not_relayed(std::string_view name) {
 bool has_header(const std::vector<std::pair<std::string, std::string>>& headers,
                 std::string_view name) {
   return std::any_of(headers.begin(), headers.end(),
-                     [&](const auto& h) { return same_name(h.first, name); });
+                     [&](const auto& h) { return iequals(h.first, name); });
 }
 
 // The uniform error answer (model/json_text.h), as the Api gives it, plus Retry-After on 503.
@@ -68,7 +61,7 @@ RouteResponse relay(PeerResponse p) {
   r.status = p.status;
   r.body = std::move(p.body);
   for (auto& [k, v] : p.headers) {
-    if (same_name(k, "content-type")) {
+    if (iequals(k, "content-type")) {
       r.content_type = std::move(v);
     } else if (!not_relayed(k)) {
       r.headers.emplace_back(std::move(k), std::move(v));
