@@ -5,6 +5,7 @@
 #include <charconv>
 #include <functional>
 #include <optional>
+#include <sstream>
 
 #include <fmt/format.h>
 #include <toml++/toml.h>
@@ -254,6 +255,7 @@ Result<Config> load_config(const std::vector<std::string>& args,
     if (auto it = env.find("SKYRING_CONFIG"); it != env.end()) config_file = it->second;
   }
   std::map<std::string, std::vector<std::string>> file_values;
+  std::map<std::string, std::string> transport_settings;
   if (!config_file.empty()) {
     toml::table tbl;
     try {
@@ -266,6 +268,28 @@ Result<Config> load_config(const std::vector<std::string>& args,
       std::string key(k.str());
       for (char& c : key) {
         if (c == '_') c = '-';
+      }
+      if (key == "transports") {
+        // [transports.<name>]: the settings a transport plugin gets, as TOML text.
+        auto* sub = node.as_table();
+        if (sub == nullptr) {
+          return fail(Errc::kInvalidArgument,
+                      fmt::format("--config {}: 'transports' must be a table of tables "
+                                  "([transports.<name>])",
+                                  config_file));
+        }
+        for (auto&& [name, t] : *sub) {
+          auto* table = t.as_table();
+          if (table == nullptr) {
+            return fail(Errc::kInvalidArgument,
+                        fmt::format("--config {}: 'transports.{}' must be a table", config_file,
+                                    std::string(name.str())));
+          }
+          std::ostringstream text;
+          text << *table;
+          transport_settings[std::string(name.str())] = text.str();
+        }
+        continue;
       }
       const Option* match = nullptr;
       for (const Option& o : options()) {
@@ -296,6 +320,7 @@ Result<Config> load_config(const std::vector<std::string>& args,
 
   Config c;
   c.config_file = config_file;
+  c.transport_settings = std::move(transport_settings);
   for (const Option& o : options()) {
     std::vector<std::string> values;
     if (!flags[o.name].empty()) {

@@ -27,6 +27,9 @@ struct Config {
   std::string log_format = "text";
   int64_t retention_ms = 24LL * 3600 * 1000;
   std::vector<std::string> transports;
+  // [transports.<name>] tables of the --config file, as TOML text, by transport name: what a
+  // transport plugin of that name gets at start (docs/plugins.md).
+  std::map<std::string, std::string> transport_settings;
   std::string config_file;
   // Tuning (documented in the README)
   size_t max_connections = 10'000;

@@ -28,6 +28,18 @@
 #include "cluster/peer_client.h"
 #include "cluster/router.h"
 #include "delivery/http_transport.h"
+#if __has_include("delivery/tcp_transport.h")
+#include "delivery/tcp_transport.h"
+#endif
+#if __has_include("delivery/zmq_transport.h")
+#include "delivery/zmq_transport.h"
+#endif
+#if __has_include("delivery/nats_transport.h")
+#include "delivery/nats_transport.h"
+#endif
+#if __has_include("delivery/plugin_transport.h")
+#include "delivery/plugin_transport.h"
+#endif
 #include "engine/timer_engine.h"
 #include "http/io_loop.h"
 #include "http/server.h"
@@ -156,9 +168,11 @@ struct ClusterParts {
 }  // namespace
 
 int run_node(const Config& config) {
+#if !__has_include("delivery/plugin_transport.h")
   if (!config.transports.empty()) {
     return config_error("--transport: transport plugins are not available in this build yet");
   }
+#endif
   SystemClock clock;
   Registry metrics;
 
@@ -224,6 +238,34 @@ int run_node(const Config& config) {
   http_opts.max_connections_per_host =
       std::min(config.max_inflight_per_destination, http_opts.max_connections_total);
   transports.add(std::make_unique<HttpTransport>(http_opts));
+  // INTEGRATION-TEMP: the other built-in transports join as they are written.
+#if __has_include("delivery/tcp_transport.h")
+  transports.add(std::make_unique<TcpTransport>(TcpTransportOptions{}));
+#endif
+#if __has_include("delivery/zmq_transport.h")
+  transports.add(std::make_unique<ZmqTransport>(ZmqTransportOptions{}));
+#endif
+#if __has_include("delivery/nats_transport.h")
+  {
+    NatsTransportOptions nats_opts;
+    nats_opts.default_urls = config.nats;
+    transports.add(std::make_unique<NatsTransport>(nats_opts));
+  }
+#endif
+#if __has_include("delivery/plugin_transport.h")
+  for (const std::string& path : config.transports) {
+    auto plugin = load_transport_plugin(path, [&config](std::string_view name) {
+      auto it = config.transport_settings.find(std::string(name));
+      return it == config.transport_settings.end() ? std::string() : it->second;
+    });
+    if (!plugin) return config_error(plugin.error().message);
+    if (transports.find((*plugin)->name()) != nullptr) {
+      return config_error(fmt::format("--transport {}: a transport named '{}' is already loaded",
+                                      path, (*plugin)->name()));
+    }
+    transports.add(std::move(*plugin));
+  }
+#endif
 
   EngineOptions eopts;
   CommitterOptions copts;
