@@ -92,7 +92,11 @@ std::string usage_text() {
          "  --capacity K        capacity: pending timers (default 1000000)\n"
          "  --cluster-pending N cluster: far-future timers pending when the 4th node joins\n"
          "                      (default 1000000)\n"
-         "  --nats-server PATH  cluster: nats-server binary (default: PATH, /usr/sbin, /usr/bin)\n"
+         "  --nats-server PATH  cluster, --transport nats: nats-server binary (default: PATH,\n"
+         "                      /usr/sbin, /usr/bin)\n"
+         "  --transport LIST    delivery, lateness: transports to measure, comma separated, of\n"
+         "                      http, tcp, zmq, nats (default http); http always runs first\n"
+         "                      and the others are also reported as a ratio to it\n"
          "  --storage S         rocksdb (durable, default) or memory\n"
          "  --node-arg ARG      extra flag for `skyring run`, repeatable\n"
          "                      (e.g. --node-arg=--max-inflight-per-destination=512)\n"
@@ -140,7 +144,8 @@ Result<BenchOptions> parse_options(const std::vector<std::string>& args, const s
       if (a == "--json") o.json = true;
     } else if (a == "--skyring" || a == "--url" || a == "--connections" || a == "--duration" ||
                a == "--timers" || a == "--rate" || a == "--capacity" || a == "--storage" ||
-               a == "--node-arg" || a == "--cluster-pending" || a == "--nats-server") {
+               a == "--node-arg" || a == "--cluster-pending" || a == "--nats-server" ||
+               a == "--transport") {
       auto v = next();
       if (!v) return tl::unexpected(v.error());
       if (a == "--skyring") {
@@ -162,6 +167,19 @@ Result<BenchOptions> parse_options(const std::vector<std::string>& args, const s
         o.node_args.push_back(*v);
       } else if (a == "--nats-server") {
         o.nats_server = *v;
+      } else if (a == "--transport") {
+        std::vector<std::string> list = {"http"};
+        for (size_t start = 0; start <= v->size();) {
+          size_t end = std::min(v->find(',', start), v->size());
+          std::string t = v->substr(start, end - start);
+          if (t != "http" && t != "tcp" && t != "zmq" && t != "nats") {
+            return usage_error(
+                fmt::format("--transport: '{}' is not one of http, tcp, zmq, nats", t));
+          }
+          if (std::find(list.begin(), list.end(), t) == list.end()) list.push_back(t);
+          start = end + 1;
+        }
+        o.transports = std::move(list);
       } else {
         uint64_t max = a == "--connections" ? 10'000 : 100'000'000;
         auto n = parse_count(a, *v, 1, max);

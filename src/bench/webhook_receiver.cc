@@ -31,15 +31,19 @@ struct Conn {
 
 }  // namespace
 
-WebhookReceiver::WebhookReceiver(std::string prefix, uint32_t measured, uint32_t warm)
+Receiver::Receiver(std::string prefix, uint32_t measured, uint32_t warm)
     : prefix_(std::move(prefix)), seen_measured_(measured), seen_warm_(warm) {
   max_receipts_ = 2 * static_cast<size_t>(measured) + 1024;
   receipts_.reserve(static_cast<size_t>(measured) + 1024);
 }
 
+WebhookReceiver::WebhookReceiver(std::string prefix, uint32_t measured, uint32_t warm, Wire wire)
+    : Receiver(std::move(prefix), measured, warm), wire_(wire) {}
+
 Result<std::unique_ptr<WebhookReceiver>> WebhookReceiver::start(std::string prefix,
-                                                                uint32_t measured, uint32_t warm) {
-  std::unique_ptr<WebhookReceiver> r(new WebhookReceiver(std::move(prefix), measured, warm));
+                                                                uint32_t measured, uint32_t warm,
+                                                                Wire wire) {
+  std::unique_ptr<WebhookReceiver> r(new WebhookReceiver(std::move(prefix), measured, warm, wire));
   r->listen_fd_ = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (r->listen_fd_ < 0) return fail(Errc::kIo, fmt::format("socket: {}", std::strerror(errno)));
   sockaddr_in a{};
@@ -72,7 +76,16 @@ void WebhookReceiver::stop() {
   thread_.join();
 }
 
-void WebhookReceiver::record(std::string_view id, std::string_view attempt, int64_t now_us) {
+std::string WebhookReceiver::callback() const {
+  if (wire_ == Wire::kLines) {
+    return fmt::format(R"({{"transport":"tcp","method":"write","uri":"tcp://127.0.0.1:{}"}})",
+                       port_);
+  }
+  return fmt::format(R"({{"transport":"http","method":"post","uri":"http://127.0.0.1:{}/hook"}})",
+                     port_);
+}
+
+void Receiver::record(std::string_view id, std::string_view attempt, int64_t now_us) {
   ++counts_.requests;
   if (attempt != "1" && !attempt.empty()) ++counts_.retried;
   if (id.size() < prefix_.size() + 2 || id.substr(0, prefix_.size()) != prefix_) {
@@ -152,6 +165,7 @@ void WebhookReceiver::loop() {
         while (true) {
           int c = accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
           if (c < 0) break;
+          accepted_.fetch_add(1, std::memory_order_relaxed);
           int one = 1;
           setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
           epoll_event e{};
@@ -180,7 +194,13 @@ void WebhookReceiver::loop() {
       c.in.append(buf, static_cast<size_t>(r));
       size_t off = 0;
       bool bad = false;
-      while (off < c.in.size()) {
+      if (wire_ == Wire::kLines) {
+        for (size_t nl; (nl = c.in.find('\n', off)) != std::string::npos; off = nl + 1) {
+          record(std::string_view(c.in).substr(off, nl - off), {}, now);
+        }
+        if (c.in.size() - off > 4096) bad = true;  // no id is that long
+      }
+      while (wire_ == Wire::kHttp && off < c.in.size()) {
         std::string_view rest = std::string_view(c.in).substr(off);
         MessageHead h;
         Parse p = parse_head(rest, false, &h);

@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -36,39 +37,67 @@ struct ReceiverCounts {
   uint64_t warm_total = 0;  // warm-up requests, repeats included
 };
 
-class WebhookReceiver {
+// Receipt bookkeeping shared by every receiver kind (webhook, tcp lines, zmq, nats): ids
+// "<prefix>d<seq>" / "<prefix>w<seq>", first arrivals, repeats. record() runs on the receiver's
+// one thread.
+class Receiver {
  public:
-  static Result<std::unique_ptr<WebhookReceiver>> start(std::string prefix, uint32_t measured,
-                                                        uint32_t warm);
-  ~WebhookReceiver();  // stop()
-  WebhookReceiver(const WebhookReceiver&) = delete;
-  WebhookReceiver& operator=(const WebhookReceiver&) = delete;
+  virtual ~Receiver() = default;
+  Receiver(const Receiver&) = delete;
+  Receiver& operator=(const Receiver&) = delete;
 
-  uint16_t port() const { return port_; }
   uint64_t measured_unique() const { return measured_unique_.load(std::memory_order_relaxed); }
   uint64_t warm_unique() const { return warm_unique_.load(std::memory_order_relaxed); }
-
-  void stop();
+  // The timers' "callback" JSON object that reaches this receiver.
+  virtual std::string callback() const = 0;
+  // Joins the receiver's thread: nothing is recorded afterwards.
+  virtual void stop() = 0;
   // Measured timers in arrival order, repeats included (bounded at 2 x measured + 1024).
+  // Only after stop().
   const std::vector<Receipt>& receipts() const { return receipts_; }
   const ReceiverCounts& counts() const { return counts_; }
 
- private:
-  WebhookReceiver(std::string prefix, uint32_t measured, uint32_t warm);
-  void loop();
+ protected:
+  Receiver(std::string prefix, uint32_t measured, uint32_t warm);
+  // id: the timer id (header or payload); attempt: "" when the transport carries none.
   void record(std::string_view id, std::string_view attempt, int64_t now_us);
+  ReceiverCounts counts_;
 
+ private:
   std::string prefix_;
-  int listen_fd_ = -1;
-  int wake_fd_ = -1;
-  uint16_t port_ = 0;
   std::vector<uint8_t> seen_measured_;
   std::vector<uint8_t> seen_warm_;
   std::vector<Receipt> receipts_;
   size_t max_receipts_ = 0;
-  ReceiverCounts counts_;
   std::atomic<uint64_t> measured_unique_{0};
   std::atomic<uint64_t> warm_unique_{0};
+};
+
+// kHttp: the webhook receiver described above. kLines: the `tcp` transport's end: the same
+// listener reads newline-terminated payloads, each a timer id (the bench's timers carry their
+// id as data), and answers nothing.
+class WebhookReceiver final : public Receiver {
+ public:
+  enum class Wire { kHttp, kLines };
+  static Result<std::unique_ptr<WebhookReceiver>> start(std::string prefix, uint32_t measured,
+                                                        uint32_t warm, Wire wire = Wire::kHttp);
+  ~WebhookReceiver() override;  // stop()
+
+  uint16_t port() const { return port_; }
+  std::string callback() const override;
+  void stop() override;
+  // Connections accepted so far (a pooled transport opens few).
+  uint64_t accepted() const { return accepted_.load(std::memory_order_relaxed); }
+
+ private:
+  WebhookReceiver(std::string prefix, uint32_t measured, uint32_t warm, Wire wire);
+  void loop();
+
+  Wire wire_;
+  int listen_fd_ = -1;
+  int wake_fd_ = -1;
+  uint16_t port_ = 0;
+  std::atomic<uint64_t> accepted_{0};
   std::thread thread_;
 };
 
