@@ -28,18 +28,10 @@
 #include "cluster/peer_client.h"
 #include "cluster/router.h"
 #include "delivery/http_transport.h"
-#if __has_include("delivery/tcp_transport.h")
-#include "delivery/tcp_transport.h"
-#endif
-#if __has_include("delivery/zmq_transport.h")
-#include "delivery/zmq_transport.h"
-#endif
-#if __has_include("delivery/nats_transport.h")
 #include "delivery/nats_transport.h"
-#endif
-#if __has_include("delivery/plugin_transport.h")
 #include "delivery/plugin_transport.h"
-#endif
+#include "delivery/tcp_transport.h"
+#include "delivery/zmq_transport.h"
 #include "engine/timer_engine.h"
 #include "http/io_loop.h"
 #include "http/server.h"
@@ -168,11 +160,6 @@ struct ClusterParts {
 }  // namespace
 
 int run_node(const Config& config) {
-#if !__has_include("delivery/plugin_transport.h")
-  if (!config.transports.empty()) {
-    return config_error("--transport: transport plugins are not available in this build yet");
-  }
-#endif
   SystemClock clock;
   Registry metrics;
 
@@ -238,26 +225,38 @@ int run_node(const Config& config) {
   http_opts.max_connections_per_host =
       std::min(config.max_inflight_per_destination, http_opts.max_connections_total);
   transports.add(std::make_unique<HttpTransport>(http_opts));
-  // INTEGRATION-TEMP: the other built-in transports join as they are written.
-#if __has_include("delivery/tcp_transport.h")
-  transports.add(std::make_unique<TcpTransport>(TcpTransportOptions{}));
-#endif
-#if __has_include("delivery/zmq_transport.h")
-  transports.add(std::make_unique<ZmqTransport>(ZmqTransportOptions{}));
-#endif
-#if __has_include("delivery/nats_transport.h")
+  // The other built-in transports (README, Transports). Each bounds its own queue by
+  // --max-queued-deliveries; in-flight attempts are bounded for all of them by the engine.
   {
-    NatsTransportOptions nats_opts;
-    nats_opts.default_urls = config.nats;
-    transports.add(std::make_unique<NatsTransport>(nats_opts));
+    TcpTransportOptions o;
+    o.max_queue = config.max_queued_deliveries;
+    o.max_connections_total = http_opts.max_connections_total;  // 8 per destination at most
+    transports.add(std::make_unique<TcpTransport>(o));
   }
-#endif
-#if __has_include("delivery/plugin_transport.h")
+  {
+    ZmqTransportOptions o;
+    o.max_queue = config.max_queued_deliveries;
+    transports.add(std::make_unique<ZmqTransport>(o));
+  }
+  {
+    NatsTransportOptions o;
+    o.default_urls = config.nats;
+    o.max_queue = config.max_queued_deliveries;
+    transports.add(std::make_unique<NatsTransport>(o));
+  }
+  // Plugins (docs/plugins.md): a load error, a wrong ABI or a taken name stops the node here.
   for (const std::string& path : config.transports) {
-    auto plugin = load_transport_plugin(path, [&config](std::string_view name) {
-      auto it = config.transport_settings.find(std::string(name));
-      return it == config.transport_settings.end() ? std::string() : it->second;
-    });
+    PluginTransportOptions o;
+    o.max_pending = config.max_queued_deliveries;
+    // Below the 5 s the shutdown gives transports to stop (the loop waits while they do).
+    o.stop_timeout_ms = 3000;
+    auto plugin = load_transport_plugin(
+        path,
+        [&config](std::string_view name) {
+          auto it = config.transport_settings.find(std::string(name));
+          return it == config.transport_settings.end() ? std::string() : it->second;
+        },
+        o);
     if (!plugin) return config_error(plugin.error().message);
     if (transports.find((*plugin)->name()) != nullptr) {
       return config_error(fmt::format("--transport {}: a transport named '{}' is already loaded",
@@ -265,7 +264,6 @@ int run_node(const Config& config) {
     }
     transports.add(std::move(*plugin));
   }
-#endif
 
   EngineOptions eopts;
   CommitterOptions copts;
