@@ -103,14 +103,9 @@ std::optional<HttpUri> parse_http_uri(std::string_view text) {
   if (!path.empty() && path.front() != '/') return std::nullopt;
   std::string_view port = u.port();
   if (!port.empty()) {
-    if (port.size() > 5) return std::nullopt;
-    uint32_t n = 0;
-    for (char c : port) {
-      if (c < '0' || c > '9') return std::nullopt;
-      n = n * 10 + static_cast<uint32_t>(c - '0');
-    }
-    if (n == 0 || n > 65535) return std::nullopt;
-    out.port = static_cast<uint16_t>(n);
+    std::optional<uint16_t> n = parse_port(port);
+    if (!n) return std::nullopt;
+    out.port = *n;
   }
   out.target = path.empty() ? "/" : std::string(path);
   if (u.has_query()) {
@@ -147,17 +142,6 @@ DeliveryResult failure(Outcome outcome, std::string detail) {
   r.outcome = outcome;
   r.detail = std::move(detail);
   return r;
-}
-
-// `done` belongs to the caller; a throwing callback must not take the curl thread down with it.
-void call_done(DeliveryDone& done, DeliveryResult result) {
-  try {
-    done(std::move(result));
-  } catch (const std::exception& e) {
-    log::error("http transport: delivery callback threw: {}", e.what());
-  } catch (...) {
-    log::error("http transport: delivery callback threw");
-  }
 }
 
 // What a job's request carries, the same on both paths (curl and PlainHttpClient).
@@ -362,7 +346,7 @@ void HttpTransport::Loop::deliver(DeliveryJob job, DeliveryDone done) {
     }
   }
   if (rejected) {
-    call_done(done, std::move(*rejected));
+    call_done("http", done, std::move(*rejected));
   } else if (wake) {
     curl_multi_wakeup(multi_);
   }
@@ -530,7 +514,7 @@ void HttpTransport::Loop::complete(DeliveryDone& done, DeliveryResult result) {
     std::lock_guard lock(mu_);
     --outstanding_;
   }
-  call_done(done, std::move(result));
+  call_done("http", done, std::move(result));
 }
 
 void HttpTransport::Loop::abort_everything(std::deque<Queued> queued) {
@@ -592,7 +576,7 @@ void HttpTransport::deliver(DeliveryJob job, DeliveryDone done) {
   req.timeout_ms = job.timeout_ms > 0 ? job.timeout_ms : kDefaultTimeoutMs;
   req.wire = serialize_request(job, *u);
   plain_->send(std::move(req), [done = std::move(done)](PlainReply r) mutable {
-    call_done(done, result_for_reply(r));
+    call_done("http", done, result_for_reply(r));
   });
 }
 

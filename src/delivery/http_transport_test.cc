@@ -1,4 +1,5 @@
 #include "delivery/http_transport.h"
+#include "delivery/results_for_tests.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -28,22 +29,16 @@
 namespace skyring {
 namespace {
 
+using delivery_tests::deliver_one;
+using delivery_tests::Results;
+using delivery_tests::wait_until;
+
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
 // Generous: the machine may be shared and the test may run under sanitizers. Nothing waits for
 // a deadline unless something is broken.
 constexpr milliseconds kDeadline{10'000};
-
-template <typename Pred>
-bool wait_until(Pred pred, milliseconds deadline = kDeadline) {
-  const auto end = Clock::now() + deadline;
-  while (!pred()) {
-    if (Clock::now() > end) return false;
-    std::this_thread::sleep_for(milliseconds(1));
-  }
-  return true;
-}
 
 std::string lower(std::string s) {
   for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
@@ -262,51 +257,6 @@ class RefusingPort {
   uint16_t port_ = 0;
 };
 
-// Records every callback; `calls` counts per job index to prove exactly-once.
-class Results {
- public:
-  DeliveryDone done(size_t index) {
-    return [this, index](DeliveryResult r) {
-      std::lock_guard lock(mu_);
-      calls_[index]++;
-      results_[index] = std::move(r);
-      finished_at_[index] = Clock::now();
-      cv_.notify_all();
-    };
-  }
-  bool wait_for(size_t count, milliseconds deadline = kDeadline) {
-    std::unique_lock lock(mu_);
-    return cv_.wait_for(lock, deadline, [&] { return results_.size() >= count; });
-  }
-  bool has(size_t index) {
-    std::lock_guard lock(mu_);
-    return results_.count(index) > 0;
-  }
-  size_t size() {
-    std::lock_guard lock(mu_);
-    return results_.size();
-  }
-  DeliveryResult result(size_t index) {
-    std::lock_guard lock(mu_);
-    return results_.at(index);
-  }
-  int calls(size_t index) {
-    std::lock_guard lock(mu_);
-    return calls_.count(index) ? calls_[index] : 0;
-  }
-  Clock::time_point finished_at(size_t index) {
-    std::lock_guard lock(mu_);
-    return finished_at_.at(index);
-  }
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::map<size_t, int> calls_;
-  std::map<size_t, DeliveryResult> results_;
-  std::map<size_t, Clock::time_point> finished_at_;
-};
-
 DeliveryJob make_job(std::string uri, std::string method = "post") {
   DeliveryJob job;
   job.timer_id = "timer-1";
@@ -315,16 +265,6 @@ DeliveryJob make_job(std::string uri, std::string method = "post") {
   job.uri = std::move(uri);
   job.timeout_ms = 5000;
   return job;
-}
-
-// Delivers one job and waits for its result.
-DeliveryResult deliver_one(HttpTransport& t, DeliveryJob job) {
-  auto results = std::make_shared<Results>();  // outlives a callback that comes too late
-  t.deliver(std::move(job), [results](DeliveryResult r) { results->done(0)(std::move(r)); });
-  EXPECT_TRUE(results->wait_for(1)) << "no result before the deadline";
-  if (!results->has(0)) return DeliveryResult{Outcome::kAborted, 0, "test deadline"};
-  EXPECT_EQ(results->calls(0), 1);
-  return results->result(0);
 }
 
 TEST(HttpTransportTest, NameIsHttp) {

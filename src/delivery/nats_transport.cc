@@ -134,14 +134,9 @@ Result<NatsUri> parse_nats_uri(std::string_view uri) {
     }
     if (!valid_host(host)) return invalid("callback.uri has no valid host");
     if (has_port) {
-      if (port.empty() || port.size() > 5) return invalid("callback.uri has an invalid port");
-      uint32_t n = 0;
-      for (char c : port) {
-        if (c < '0' || c > '9') return invalid("callback.uri has an invalid port");
-        n = n * 10 + static_cast<uint32_t>(c - '0');
-      }
-      if (n == 0 || n > 65535) return invalid("callback.uri has an invalid port");
-      out.port = static_cast<uint16_t>(n);
+      std::optional<uint16_t> n = parse_port(port);
+      if (!n) return invalid("callback.uri has an invalid port");
+      out.port = *n;
     }
     out.host = lower(host);
   } else {
@@ -213,17 +208,6 @@ DeliveryResult result(Outcome outcome, std::string detail = {}) {
   return r;
 }
 
-// `done` belongs to the caller; a throwing callback must not take a worker down with it.
-void call_done(DeliveryDone& done, DeliveryResult r) {
-  try {
-    done(std::move(r));
-  } catch (const std::exception& e) {
-    log::error("nats transport: delivery callback threw: {}", e.what());
-  } catch (...) {
-    log::error("nats transport: delivery callback threw");
-  }
-}
-
 int64_t job_timeout_ms(const DeliveryJob& job) {
   return job.timeout_ms > 0 ? job.timeout_ms : kDefaultTimeoutMs;
 }
@@ -262,7 +246,7 @@ struct Shared {
       std::lock_guard lock(mu);
       --outstanding;
     }
-    call_done(done, std::move(r));
+    call_done("nats", done, std::move(r));
   }
 
   const NatsTransportOptions options;
@@ -753,7 +737,7 @@ class NatsTransport::Impl {
         link->push(Queued{std::move(job), std::move(done), u->subject, request});
       }
     }
-    if (rejected) call_done(done, std::move(*rejected));
+    if (rejected) call_done("nats", done, std::move(*rejected));
   }
 
   void stop() {

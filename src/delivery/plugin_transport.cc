@@ -89,17 +89,6 @@ DeliveryResult from_plugin(int outcome, int status, const char* detail) {
   }
 }
 
-// `done` belongs to the caller; a throwing callback must not unwind into the plugin's thread.
-void call_done(DeliveryDone& done, DeliveryResult result) noexcept {
-  try {
-    done(std::move(result));
-  } catch (const std::exception& e) {
-    log::error("plugin transport: delivery callback threw: {}", e.what());
-  } catch (...) {
-    log::error("plugin transport: delivery callback threw");
-  }
-}
-
 // Everything a completion from the plugin may reach: the table of open jobs of one loaded
 // plugin. Shared between the transport, its watchdog and the host registry.
 class Core {
@@ -148,7 +137,7 @@ class Core {
       open_.erase(it);
       ++running_;
     }
-    call_done(done, std::move(result));
+    call_done("plugin", done, std::move(result));
     finished(1);
   }
 
@@ -184,7 +173,8 @@ class Core {
                 rest.size());
     }
     for (auto& d : rest) {
-      call_done(d, make_result(Outcome::kAborted, 0, "transport stopped before the attempt ended"));
+      call_done("plugin", d,
+                make_result(Outcome::kAborted, 0, "transport stopped before the attempt ended"));
     }
     finished(rest.size());
     std::unique_lock lock(mu_);
@@ -277,8 +267,9 @@ void Core::watchdog() {
                 name_, expired.size(), log::Limiter::note(dropped));
     }
     for (auto& d : expired) {
-      call_done(d, make_result(Outcome::kRetryable, 0,
-                               "transport plugin did not complete the attempt in time"));
+      call_done("plugin", d,
+                make_result(Outcome::kRetryable, 0,
+                            "transport plugin did not complete the attempt in time"));
     }
     lock.lock();
     running_ -= expired.size();
@@ -379,18 +370,20 @@ class PluginTransport final : public Transport {
   void deliver(DeliveryJob job, DeliveryDone done) override {
     if (has_nul(job.method) || has_nul(job.uri)) {
       return call_done(
-          done, make_result(Outcome::kPermanent, 0, "callback method or uri contains a NUL byte"));
+          "plugin", done,
+          make_result(Outcome::kPermanent, 0, "callback method or uri contains a NUL byte"));
     }
     int64_t timeout_ms = job.timeout_ms > 0 ? job.timeout_ms : kDefaultJobTimeoutMs;
     uint64_t seq = 0;
     switch (core_->open(done, timeout_ms, &seq)) {
       case Core::Admit::kStopping:
-        return call_done(done, make_result(Outcome::kAborted, 0, "transport stopped"));
+        return call_done("plugin", done, make_result(Outcome::kAborted, 0, "transport stopped"));
       case Core::Admit::kFull:
-        return call_done(done, make_result(Outcome::kRetryable, 0,
-                                           fmt::format("transport plugin '{}': queue full "
-                                                       "({} jobs open)",
-                                                       name(), options_.max_pending)));
+        return call_done("plugin", done,
+                         make_result(Outcome::kRetryable, 0,
+                                     fmt::format("transport plugin '{}': queue full "
+                                                 "({} jobs open)",
+                                                 name(), options_.max_pending)));
       case Core::Admit::kOk:
         break;
     }

@@ -60,15 +60,10 @@ std::optional<TcpUri> parse_tcp_uri(std::string_view text) {
   const size_t colon = rest.rfind(':');
   if (colon == std::string_view::npos || colon == 0) return std::nullopt;
   std::string_view port = rest.substr(colon + 1);
-  if (port.empty() || port.size() > 5) return std::nullopt;
-  uint32_t n = 0;
-  for (char c : port) {
-    if (c < '0' || c > '9') return std::nullopt;
-    n = n * 10 + static_cast<uint32_t>(c - '0');
-  }
-  if (n == 0 || n > 65535) return std::nullopt;
+  std::optional<uint16_t> n = parse_port(port);
+  if (!n) return std::nullopt;
   TcpUri out;
-  out.port = static_cast<uint16_t>(n);
+  out.port = *n;
   for (char c : rest.substr(0, colon)) out.host += lower_char(c);
   error_code ec;
   if (out.host.front() == '[') {
@@ -108,17 +103,6 @@ DeliveryResult aborted() {
   return failure(Outcome::kAborted, "transport stopped");
 }
 
-// `done` belongs to the caller; a throwing callback must not take the loop down with it.
-void call_done(DeliveryDone& done, DeliveryResult result) {
-  try {
-    done(std::move(result));
-  } catch (const std::exception& e) {
-    log::error("tcp transport: delivery callback threw: {}", e.what());
-  } catch (...) {
-    log::error("tcp transport: delivery callback threw");
-  }
-}
-
 }  // namespace
 
 class TcpTransport::Impl {
@@ -147,7 +131,8 @@ class TcpTransport::Impl {
     SKYRING_ASSERT(static_cast<bool>(done), "deliver() needs a callback");
     std::optional<TcpUri> uri = parse_tcp_uri(job.uri);
     if (!uri) {
-      return call_done(done, failure(Outcome::kPermanent, "callback.uri is not tcp://host:port"));
+      return call_done("tcp", done,
+                       failure(Outcome::kPermanent, "callback.uri is not tcp://host:port"));
     }
     Job j;
     if (job.data_kind != DataKind::kNone) j.wire = std::move(job.data);
@@ -170,7 +155,7 @@ class TcpTransport::Impl {
         return;
       }
     }
-    call_done(j.done, std::move(rejected));
+    call_done("tcp", j.done, std::move(rejected));
   }
 
   void stop() {
@@ -539,7 +524,7 @@ class TcpTransport::Impl {
     }
     DeliveryDone done = std::move(job.done);
     job.wire = std::string();  // a pooled connection does not keep a large payload alive
-    call_done(done, std::move(result));
+    call_done("tcp", done, std::move(result));
   }
 
   // Destinations are erased only here, never while a handler may hold one: a Dest with

@@ -15,6 +15,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -50,6 +51,13 @@ struct DeliveryResult {
 };
 
 using DeliveryDone = std::function<void(DeliveryResult)>;
+
+// Completes a job. `done` belongs to the caller: one that throws is logged (naming `transport`)
+// and swallowed, so that it cannot take a transport's thread, or a plugin's, down.
+void call_done(std::string_view transport, DeliveryDone& done, DeliveryResult result) noexcept;
+
+// The port of a URI: decimal digits only, 1-65535.
+std::optional<uint16_t> parse_port(std::string_view digits);
 
 class Transport {
  public:

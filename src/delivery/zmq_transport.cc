@@ -86,13 +86,8 @@ std::optional<Endpoint> parse_tcp(std::string_view rest) {
   if (colon == std::string_view::npos) return std::nullopt;
   std::string_view host = rest.substr(0, colon);
   std::string_view port = rest.substr(colon + 1);
-  if (port.empty() || port.size() > 5) return std::nullopt;
-  uint32_t n = 0;
-  for (char c : port) {
-    if (c < '0' || c > '9') return std::nullopt;
-    n = n * 10 + static_cast<uint32_t>(c - '0');
-  }
-  if (n == 0 || n > 65535) return std::nullopt;
+  std::optional<uint16_t> n = parse_port(port);
+  if (!n) return std::nullopt;
   Endpoint e;
   if (!host.empty() && host.front() == '[') {
     if (host.size() < 4 || host.back() != ']') return std::nullopt;
@@ -106,7 +101,7 @@ std::optional<Endpoint> parse_tcp(std::string_view rest) {
       if (!host_name_char(c)) return std::nullopt;  // also refuses `*` and `src;host`
     }
   }
-  e.text = fmt::format("tcp://{}:{}", lower(host), n);
+  e.text = fmt::format("tcp://{}:{}", lower(host), *n);
   return e;
 }
 
@@ -128,17 +123,6 @@ DeliveryResult result(Outcome outcome, std::string detail = {}) {
   r.outcome = outcome;
   r.detail = std::move(detail);
   return r;
-}
-
-// `done` belongs to the caller; a throwing callback must not take the transport thread down.
-void call_done(DeliveryDone& done, DeliveryResult r) {
-  try {
-    done(std::move(r));
-  } catch (const std::exception& e) {
-    log::error("zmq transport: delivery callback threw: {}", e.what());
-  } catch (...) {
-    log::error("zmq transport: delivery callback threw");
-  }
 }
 
 int64_t deadline_after_ms(int64_t now_us, int64_t ms) {
@@ -278,7 +262,7 @@ void ZmqTransport::Loop::deliver(DeliveryJob job, Kind kind, Endpoint endpoint, 
     }
   }
   if (rejected) {
-    call_done(done, std::move(*rejected));
+    call_done("zmq", done, std::move(*rejected));
   } else if (wake) {
     const uint64_t one = 1;
     [[maybe_unused]] ssize_t n = ::write(wake_fd_, &one, sizeof(one));  // EAGAIN: already awake
@@ -633,7 +617,7 @@ void ZmqTransport::Loop::complete(DeliveryDone& done, DeliveryResult r) {
     std::lock_guard lock(mu_);
     --outstanding_;
   }
-  call_done(done, std::move(r));
+  call_done("zmq", done, std::move(r));
 }
 
 void ZmqTransport::Loop::shutdown(std::deque<Queued> queued) {
@@ -691,7 +675,7 @@ void ZmqTransport::deliver(DeliveryJob job, DeliveryDone done) {
   std::optional<Endpoint> endpoint = parse_endpoint(job.uri);
   if (!kind || !endpoint) {
     // validate() refused these at the API; a stored timer from elsewhere can still carry one.
-    return call_done(done,
+    return call_done("zmq", done,
                      result(Outcome::kPermanent, !kind ? "callback.method must be push or pub"
                                                        : "callback.uri is not a zmq endpoint"));
   }
