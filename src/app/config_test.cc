@@ -323,6 +323,31 @@ TEST(Config, BadTomlValues) {
   expect_error({"--config", twice.path()}, {}, "port");
 }
 
+TEST(Config, TransportTablesReachTheirPluginAsToml) {
+  TomlFile f(R"(transport = ["/x.so"]
+[transports.file]
+dir = "/tmp/out"
+fsync = true
+[transports.smtp]
+)");
+  Config c = load_ok({"--config", f.path()});
+  EXPECT_EQ(c.transports, (std::vector<std::string>{"/x.so"}));
+  ASSERT_EQ(c.transport_settings.size(), 2u);
+  // The text is toml++'s rendering of the table: what a plugin parses.
+  const std::string& file = c.transport_settings.at("file");
+  EXPECT_NE(file.find("dir = "), std::string::npos) << file;
+  EXPECT_NE(file.find("/tmp/out"), std::string::npos) << file;
+  EXPECT_NE(file.find("fsync = true"), std::string::npos) << file;
+  EXPECT_EQ(c.transport_settings.at("smtp"), "");
+}
+
+TEST(Config, TransportsMustBeTablesOfTables) {
+  TomlFile scalar("transports = 3\n");
+  expect_error({"--config", scalar.path()}, {}, "transports");
+  TomlFile flat("[transports]\nfile = \"x\"\n");
+  expect_error({"--config", flat.path()}, {}, "transports.file");
+}
+
 TEST(Config, HelpListsEveryOption) {
   std::string help = config_help();
   for (const char* flag :

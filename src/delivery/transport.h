@@ -1,5 +1,11 @@
 // Outbound delivery of a due timer. A Transport owns its own threads and connections; the engine
-// only hands it jobs and receives one result per job.
+// only hands it jobs and receives one result per job (docs/transports.md). Retries, backoff,
+// dead letters, in-flight bounds and events are the engine's, the same for every transport.
+//
+// Life: constructing a transport starts it (a plugin: load_transport_plugin, whose create may
+// fail and stop the node); deliver() for each attempt; stop() once. The drain before stop() is
+// the node's, bounded by --shutdown-timeout: it stops starting attempts and waits for those in
+// flight, then stop() aborts the rest.
 //
 // Contract:
 // * validate() is called on the request path; it must be cheap and never block.
