@@ -411,6 +411,58 @@ class NatsTransportTest(SkyringTestCase):
         self.assertEqual(got[0].headers["Skyring-Timer-Id"], tid)
         self.wait_state(tid, "succeeded", client=c)
 
+    def test_kill9_during_a_publish_then_delivered_after_restart(self):
+        # A listener that accepts and never speaks NATS: the node's connect waits for the
+        # server's INFO until its connect timeout (2 s), so the attempt is in flight
+        # ("executing") that long and the kill lands inside it.
+        srv = self.server(start=False)
+        hole = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        hole.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        hole.bind(("127.0.0.1", srv.port))
+        hole.listen(16)
+        hole.settimeout(0.05)
+        held = []
+        done = threading.Event()
+
+        def hold():
+            while not done.is_set():
+                try:
+                    conn, _ = hole.accept()
+                    held.append(conn)
+                except socket.timeout:
+                    continue
+                except OSError:
+                    return
+
+        holder = threading.Thread(target=hold, daemon=True)
+        holder.start()
+
+        def close_hole():
+            done.set()
+            holder.join(5)
+            for conn in held:
+                conn.close()
+            hole.close()
+
+        self.addCleanup(close_hole)
+        node = self.start_node()
+        c = node.client()
+        tid = self.create(nats_body(srv.uri("crash.y"), timeout=10, data="in flight",
+                                    retry=FAST_RETRY), client=c)
+        wait_until(lambda: c.state(tid) == "executing", 30, interval=0.01,
+                   msg="an attempt in flight against the silent listener")
+        node.kill()
+        close_hole()
+        srv.start()
+        sub = self.subscribe(srv, "crash.y")
+        node.start()
+        c = node.client()
+        got = sub.wait(1, timeout=30)
+        self.assertEqual(got[0].payload, b"in flight")
+        self.assertEqual(got[0].headers["Skyring-Timer-Id"], tid)
+        self.wait_state(tid, "succeeded", client=c)
+        self.assertEqual(len(sub.for_subject("crash.y")), 1)
+
 
 if __name__ == "__main__":
     unittest.main()

@@ -216,7 +216,7 @@ class ZmqDeliveryTest(ZmqTestBase):
 
 class ZmqCrashTest(ZmqTestBase):
 
-    def test_kill9_while_retrying_then_restart_delivers(self):
+    def test_kill9_during_an_attempt_then_restart_delivers(self):
         node = self.start_node()
         c = node.client()
         port = free_port()
@@ -229,6 +229,10 @@ class ZmqCrashTest(ZmqTestBase):
         for tid in (push, pub):
             wait_until(lambda: (c.timer(tid) or {}).get("attempts", 0) >= 1, 20,
                        msg="a failed attempt of %s before the kill" % tid)
+        # With no peer an attempt waits up to 200 ms (send_timeout_ms) for one, as "executing":
+        # the kill lands inside such an attempt of the push timer.
+        wait_until(lambda: c.state(push) == "executing", 20, interval=0.005,
+                   msg="an attempt of the push timer in flight")
         node.kill()
         node.start()
         c = node.client()
