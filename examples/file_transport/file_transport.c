@@ -37,6 +37,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -259,7 +260,8 @@ static const char* uri_path(const struct file_transport* t, const char* uri, cha
 /* ---------------------------------------------------------------- the writer */
 
 static int permanent_errno(int e) {
-  return e == EISDIR || e == ENAMETOOLONG || e == ELOOP || e == EINVAL || e == EFBIG;
+  return e == EISDIR || e == ENAMETOOLONG || e == ELOOP || e == EINVAL || e == EFBIG ||
+         e == ENXIO; /* ENXIO: a FIFO with no reader (opened non-blocking) */
 }
 
 static void finish_with_errno(struct file_job* j, const char* what, int e) {
@@ -272,9 +274,17 @@ static void finish_with_errno(struct file_job* j, const char* what, int e) {
 }
 
 static void write_job(const struct file_transport* t, struct file_job* j) {
-  int fd = open(j->path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+  /* O_NONBLOCK: a FIFO without a reader (or a device) must not hang the one writer thread;
+   * then only regular files are written (O_NONBLOCK means nothing for them). */
+  int fd = open(j->path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NONBLOCK, 0644);
   if (fd < 0) {
     finish_with_errno(j, "open", errno);
+    return;
+  }
+  struct stat st;
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    close(fd);
+    j->done(j->done_ctx, SKYRING_OUTCOME_PERMANENT, 0, "the uri does not name a regular file");
     return;
   }
   size_t off = 0;

@@ -69,7 +69,9 @@ extern "C" {
 /* Outcome of one delivery attempt (the `outcome` argument of the completion). The node
  * retries RETRYABLE with the timer's backoff until its attempts are used up, fails the timer
  * on PERMANENT, and treats ABORTED as "not attempted": the attempt is not counted and the
- * timer stays owed (use it for jobs given up in stop()). Any other value counts as RETRYABLE. */
+ * timer stays owed (use it for jobs given up in stop()). ABORTED before stop() was called counts
+ * as RETRYABLE (else the node would try again at once, without end). Any other value counts as
+ * RETRYABLE. */
 #define SKYRING_OUTCOME_SUCCESS 0
 #define SKYRING_OUTCOME_RETRYABLE 1
 #define SKYRING_OUTCOME_PERMANENT 2

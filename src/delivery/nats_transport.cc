@@ -752,7 +752,15 @@ class NatsTransport::Impl {
       all = stopped_;
     }
     for (auto& link : all) link->request_stop();
-    // From inside a `done` a worker cannot join itself; it finishes once the callback returns.
+    // From inside a `done` a worker only asks (it cannot join itself, and joining the others
+    // could wait on a stop() that waits on it); each worker finishes once its callback returns.
+    {
+      std::lock_guard lock(shared_.mu);
+      const auto self = std::this_thread::get_id();
+      for (auto& l : stopped_) {
+        if (l->thread_id() == self) return;
+      }
+    }
     std::lock_guard join_lock(join_mu_);
     for (auto& link : all) link->join();
   }

@@ -136,6 +136,13 @@ class Core {
       deadlines_.erase({it->second.deadline, seq});
       open_.erase(it);
       ++running_;
+      // "Aborted" tells the engine nothing happened, so it tries again at once without counting
+      // an attempt: only stop() may say that. A plugin that says it while running (gave up,
+      // queue full) made an attempt that failed: retryable, with backoff.
+      if (result.outcome == Outcome::kAborted && !stopping_) {
+        result.outcome = Outcome::kRetryable;
+        result.detail = "plugin reported aborted outside stop(): " + result.detail;
+      }
     }
     call_done("plugin", done, std::move(result));
     finished(1);

@@ -1,6 +1,7 @@
 #include "delivery/plugin_transport.h"
 
 #include <dlfcn.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -210,6 +211,33 @@ TEST(FilePluginTest, MissingDirectoryIsRetryableUntilCreated) {
   EXPECT_NE(res.at(2).detail.find("Is a directory"), std::string::npos) << res.at(2).detail;
 }
 
+TEST(FilePluginTest, NonRegularFilesArePermanentAndNeverHangTheWriter) {
+  TempDir dir;
+  auto t = load(kFilePlugin);
+  ASSERT_TRUE(t);
+  const std::string fifo = dir.path() + "/fifo";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  Results res;
+  // No reader: a blocking open would hang the plugin's one writer thread for good.
+  t->deliver(make_job("file://" + fifo, DataKind::kString, "x"), res.done());
+  ASSERT_TRUE(res.wait(1));
+  EXPECT_EQ(res.at(0).outcome, Outcome::kPermanent) << res.at(0).detail;
+  // With a reader that never reads the open succeeds: not a regular file, refused as well.
+  int reader = ::open(fifo.c_str(), O_RDONLY | O_NONBLOCK);
+  ASSERT_GE(reader, 0);
+  t->deliver(make_job("file://" + fifo, DataKind::kString, "x"), res.done());
+  ASSERT_TRUE(res.wait(2));
+  EXPECT_EQ(res.at(1).outcome, Outcome::kPermanent) << res.at(1).detail;
+  EXPECT_NE(res.at(1).detail.find("regular file"), std::string::npos) << res.at(1).detail;
+  ::close(reader);
+  // The writer is still free.
+  const std::string file = dir.path() + "/out.log";
+  t->deliver(make_job("file://" + file, DataKind::kString, "y"), res.done());
+  ASSERT_TRUE(res.wait(3));
+  EXPECT_EQ(res.at(2).outcome, Outcome::kSuccess) << res.at(2).detail;
+  EXPECT_EQ(read_lines(file), std::vector<std::string>{"y"});
+}
+
 TEST(FilePluginTest, UnwritableDirectoryIsRetryable) {
   if (::geteuid() == 0) GTEST_SKIP() << "root writes anywhere";
   TempDir dir;
@@ -383,7 +411,9 @@ TEST_F(PluginHostTest, OutcomesMapOntoDeliveryResults) {
   EXPECT_EQ(res.at(1).outcome, Outcome::kPermanent);
   EXPECT_EQ(res.at(1).status, 42);
   EXPECT_EQ(res.at(1).detail, "nope");
-  EXPECT_EQ(res.at(2).outcome, Outcome::kAborted);
+  // Aborted is for stop(): before it, an attempt was made and failed (no retry at once).
+  EXPECT_EQ(res.at(2).outcome, Outcome::kRetryable);
+  EXPECT_NE(res.at(2).detail.find("aborted outside stop()"), std::string::npos) << res.at(2).detail;
   EXPECT_EQ(res.at(3).outcome, Outcome::kRetryable);
   EXPECT_NE(res.at(3).detail.find("unknown outcome 77"), std::string::npos);
   EXPECT_EQ(res.at(4).outcome, Outcome::kRetryable);

@@ -292,11 +292,17 @@ void ZmqTransport::Loop::run() {
       stopping = stopping_;
     }
     if (stopping) return shutdown(std::move(batch));
-    for (Queued& q : batch) accept(std::move(q));
-    poll_once();
-    const int64_t now = monotonic_us();
-    expire(now);
-    reopen_dead(now);
+    try {
+      for (Queued& q : batch) accept(std::move(q));
+      poll_once();
+      const int64_t now = monotonic_us();
+      expire(now);
+      reopen_dead(now);
+    } catch (const std::exception& e) {
+      // The zmq calls are caught where they are made; what is left is allocation failure,
+      // which must not end delivery for good (the loop goes on; waiting jobs expire).
+      log::error("zmq transport: loop step threw: {}", e.what());
+    }
   }
 }
 
