@@ -44,7 +44,7 @@ struct DueSet {
   std::string transport;
   uint64_t count;
   int64_t window_ms;
-  bool lateness_goals;  // lateness: p50/p99 goals; delivery: deliveries/s goal
+  bool lateness_goals;   // lateness: p50/p99 goals; delivery: deliveries/s goal
   bool short_retention;  // the node runs with the purge step's short retention
   bool purge_step;       // then measure_purge_pace
 };
@@ -100,8 +100,8 @@ std::map<std::string, double>& delivery_rates() {
 }
 
 bool run_due_set(const ScenarioContext& ctx, const DueSet& d) {
-  const std::string label =
-      d.transport == "http" ? std::string(d.scenario) : fmt::format("{}-{}", d.scenario, d.transport);
+  const std::string label = d.transport == "http" ? std::string(d.scenario)
+                                                  : fmt::format("{}-{}", d.scenario, d.transport);
   const char* sc = label.c_str();
   const BenchOptions& o = ctx.options;
   Report& rep = ctx.report;
@@ -328,7 +328,8 @@ bool run_lateness(const ScenarioContext& ctx) {
   const BenchOptions& o = ctx.options;
   uint64_t n = std::max<uint64_t>(1, o.rate * static_cast<uint64_t>(o.duration_ms) / 1000);
   for (const std::string& t : ctx.options.transports) {
-    if (!run_due_set(ctx, DueSet{"lateness", t, n, o.duration_ms, true, false, false})) return false;
+    if (!run_due_set(ctx, DueSet{"lateness", t, n, o.duration_ms, true, false, false}))
+      return false;
     if (interrupted().load()) break;
   }
   return true;

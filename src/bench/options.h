@@ -28,7 +28,7 @@ struct BenchOptions {
   uint64_t rate = 10'000;                // lateness: timers due per second
   uint64_t capacity = 1'000'000;         // capacity: pending timers
   uint64_t cluster_pending = 1'000'000;  // cluster: far-future timers pending at the join
-  std::string nats_server;  // cluster, nats transport: nats-server binary (default: PATH, /usr/sbin)
+  std::string nats_server;               // cluster, nats transport: nats-server binary
   std::vector<std::string> transports = {"http"};  // delivery, lateness: http first, then others
   std::string storage = "rocksdb";
   std::vector<std::string> node_args;  // extra `skyring run` flags (--node-arg)

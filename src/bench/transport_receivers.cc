@@ -52,8 +52,7 @@ ZmqReceiver::~ZmqReceiver() {
 }
 
 std::string ZmqReceiver::callback() const {
-  return fmt::format(R"({{"transport":"zmq","method":"push","uri":"tcp://127.0.0.1:{}"}})",
-                     port_);
+  return fmt::format(R"({{"transport":"zmq","method":"push","uri":"tcp://127.0.0.1:{}"}})", port_);
 }
 
 void ZmqReceiver::stop() {
@@ -116,8 +115,7 @@ Result<std::unique_ptr<NatsReceiver>> NatsReceiver::start(std::string prefix, ui
   if (s == NATS_OK) {
     r->sub_ = sub;
     natsSubscription_SetOnCompleteCB(
-        sub, [](void* self) { static_cast<NatsReceiver*>(self)->completed_.store(true); },
-        r.get());
+        sub, [](void* self) { static_cast<NatsReceiver*>(self)->completed_.store(true); }, r.get());
     natsSubscription_SetPendingLimits(sub, -1, -1);  // never drop: drops would read as missing
     s = natsConnection_FlushTimeout(nc, 5000);       // the server has the subscription
   }
@@ -133,8 +131,8 @@ void NatsReceiver::on_message(void*, void*, void* msg, void* self) {
   auto* r = static_cast<NatsReceiver*>(self);
   SystemClock clock;
   int64_t now = clock.now_us();
-  r->record(std::string_view(natsMsg_GetData(m), static_cast<size_t>(natsMsg_GetDataLength(m))),
-            {}, now);
+  r->record(std::string_view(natsMsg_GetData(m), static_cast<size_t>(natsMsg_GetDataLength(m))), {},
+            now);
   natsMsg_Destroy(m);
 }
 
@@ -143,8 +141,7 @@ NatsReceiver::~NatsReceiver() {
 }
 
 std::string NatsReceiver::callback() const {
-  return fmt::format(R"({{"transport":"nats","method":"publish","uri":"{}/{}"}})", url_,
-                     subject_);
+  return fmt::format(R"({{"transport":"nats","method":"publish","uri":"{}/{}"}})", url_, subject_);
 }
 
 void NatsReceiver::stop() {

@@ -52,8 +52,8 @@ class NatsReceiver final : public Receiver {
 
   std::string url_;
   std::string subject_;
-  void* conn_ = nullptr;  // natsConnection*, kept out of this header
-  void* sub_ = nullptr;   // natsSubscription*
+  void* conn_ = nullptr;                // natsConnection*, kept out of this header
+  void* sub_ = nullptr;                 // natsSubscription*
   std::atomic<bool> completed_{false};  // no message callback runs any more
 };
 
