@@ -24,6 +24,7 @@
 
 #include "base/clock.h"
 #include "base/log.h"
+#include "delivery/nats_transport.h"
 
 namespace skyring::cluster {
 namespace {
@@ -39,17 +40,6 @@ void open_library() {
       log::error("nats: library init failed: {}", natsStatus_GetText(s));
     }
   });
-}
-
-// libnats' last error without its "(file.c:line): " prefix.
-std::string last_error_text(natsStatus s) {
-  const char* text = nats_GetLastError(nullptr);
-  if (text == nullptr || *text == '\0') return natsStatus_GetText(s);
-  std::string_view t(text);
-  if (t.starts_with('(')) {
-    if (size_t end = t.find("): "); end != std::string_view::npos) t.remove_prefix(end + 3);
-  }
-  return std::string(t);
 }
 
 struct Probe {
@@ -218,7 +208,7 @@ class LibnatsBus final : public NatsBus {
     natsStatus s = natsConnection_Subscribe(&sub, nc_, subject.c_str(), on_message, closure);
     if (s != NATS_OK) {
       // Only a closed connection or an invalid subject gets here: nothing will call back.
-      log::error("nats: subscribe {} failed: {}", subject, last_error_text(s));
+      log::error("nats: subscribe {} failed: {}", subject, nats_error_text(s));
       delete closure;
       return;
     }
@@ -234,7 +224,7 @@ class LibnatsBus final : public NatsBus {
     if (natsConnection_Status(nc_) == NATS_CONN_STATUS_CONNECTED) {
       if (natsStatus f = natsConnection_FlushTimeout(nc_, kSubscribeFlushMs); f != NATS_OK) {
         log::warn("nats: subscription {} not confirmed within {} ms: {}", subject,
-                  kSubscribeFlushMs, last_error_text(f));
+                  kSubscribeFlushMs, nats_error_text(f));
       }
     }
   }
@@ -387,7 +377,7 @@ Result<std::unique_ptr<NatsBus>> NatsBus::start(NatsOptions options, Executor& e
   for (const auto& u : urls) ptrs.push_back(u.c_str());
   if (natsStatus s = natsOptions_SetServers(opts.get(), ptrs.data(), static_cast<int>(ptrs.size()));
       s != NATS_OK) {
-    return invalid(last_error_text(s));
+    return invalid(nats_error_text(s));
   }
 
   auto core = std::make_shared<Core>(executor, make_probe(metrics), options.name);
@@ -405,7 +395,7 @@ Result<std::unique_ptr<NatsBus>> NatsBus::start(NatsOptions options, Executor& e
   if (s == NATS_OK) s = natsOptions_SetClosedCB(o, on_closed, closure);
   if (s != NATS_OK) {
     delete closure;
-    return invalid(last_error_text(s));
+    return invalid(nats_error_text(s));
   }
 
   natsConnection* nc = nullptr;
@@ -416,7 +406,7 @@ Result<std::unique_ptr<NatsBus>> NatsBus::start(NatsOptions options, Executor& e
       natsConnection_Destroy(nc);
     else
       delete closure;
-    return invalid(last_error_text(s));
+    return invalid(nats_error_text(s));
   }
   if (s == NATS_OK) {
     core->connected.store(true);

@@ -1,22 +1,15 @@
 // Small helpers for the cluster's node-to-node formats (the move batches of mover.cc, the
-// forward batches of forward_batch.cc) and for header names: one copy for every file here.
+// forward batches of forward_batch.cc): one copy for every file here. Header names compare with
+// base/ascii.h's iequals.
 #pragma once
 
-#include <algorithm>
-#include <cctype>
 #include <cstdint>
 #include <string>
 #include <string_view>
 
-namespace skyring::cluster {
+#include "base/ascii.h"
 
-// Header names compare case-insensitively (ASCII).
-inline bool iequals(std::string_view a, std::string_view b) {
-  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
-           return std::tolower(static_cast<unsigned char>(x)) ==
-                  std::tolower(static_cast<unsigned char>(y));
-         });
-}
+namespace skyring::cluster {
 
 // u32, little-endian.
 inline void put_u32(std::string& out, uint32_t v) {

@@ -15,6 +15,7 @@
 #include <curl/curl.h>
 #include <boost/url/parse.hpp>
 
+#include "base/ascii.h"
 #include "base/log.h"
 #include "base/version.h"
 #include "delivery/plain_http_client.h"
@@ -37,24 +38,6 @@ constexpr std::array<std::string_view, 13> kReservedHeaders = {
     "content-type",    "content-length",     "transfer-encoding", "expect",
     "connection",      "keep-alive",         "upgrade",           "te",
     "proxy-connection"};
-
-char lower_char(char c) {
-  return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c;
-}
-
-bool iequals(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (lower_char(a[i]) != lower_char(b[i])) return false;
-  }
-  return true;
-}
-
-std::string lower(std::string_view s) {
-  std::string out(s);
-  for (char& c : out) c = lower_char(c);
-  return out;
-}
 
 std::string upper(std::string_view s) {
   std::string out(s);
@@ -98,7 +81,7 @@ std::optional<HttpUri> parse_http_uri(std::string_view text) {
   }
   std::string_view host = u.encoded_host();
   if (host.empty()) return std::nullopt;
-  out.host = lower(host);
+  out.host = ascii_lower(host);
   std::string_view path = u.encoded_path();
   if (!path.empty() && path.front() != '/') return std::nullopt;
   std::string_view port = u.port();

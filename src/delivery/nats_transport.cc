@@ -28,9 +28,21 @@
 #include <utility>
 #include <vector>
 
+#include "base/ascii.h"
 #include "base/log.h"
 
 namespace skyring {
+
+std::string nats_error_text(int status) {
+  const char* text = nats_GetLastError(nullptr);
+  if (text == nullptr || *text == '\0') return natsStatus_GetText(static_cast<natsStatus>(status));
+  std::string_view t(text);
+  if (t.starts_with('(')) {
+    if (size_t end = t.find("): "); end != std::string_view::npos) t.remove_prefix(end + 3);
+  }
+  return std::string(t);
+}
+
 namespace {
 
 using SteadyClock = std::chrono::steady_clock;
@@ -41,20 +53,6 @@ constexpr uint16_t kDefaultPort = 4222;
 constexpr const char* kTimerIdHeader = "Skyring-Timer-Id";
 constexpr const char* kAttemptHeader = "Skyring-Attempt";
 constexpr const char* kUriForms = "callback.uri must be nats://host:port/subject or nats:subject";
-
-char lower_char(char c) {
-  return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c;
-}
-
-std::string lower(std::string_view s) {
-  std::string out(s);
-  for (char& c : out) c = lower_char(c);
-  return out;
-}
-
-bool iequals(std::string_view a, std::string_view b) {
-  return a.size() == b.size() && lower(a) == lower(b);
-}
 
 // Tokens of printable, non-space ASCII separated by single dots; no wildcard characters.
 bool valid_subject(std::string_view s) {
@@ -138,7 +136,7 @@ Result<NatsUri> parse_nats_uri(std::string_view uri) {
       if (!n) return invalid("callback.uri has an invalid port");
       out.port = *n;
     }
-    out.host = lower(host);
+    out.host = ascii_lower(host);
   } else {
     out.use_default = true;
     subject = rest;
@@ -188,17 +186,6 @@ std::string default_destination(const std::vector<std::string>& urls) {
 
 std::string authority_key(const NatsUri& u) {
   return fmt::format("nats://{}:{}", u.host, u.port);
-}
-
-// libnats' last error without its "(file.c:line): " prefix.
-std::string last_error_text(natsStatus s) {
-  const char* text = nats_GetLastError(nullptr);
-  if (text == nullptr || *text == '\0') return natsStatus_GetText(s);
-  std::string_view t(text);
-  if (t.starts_with('(')) {
-    if (size_t end = t.find("): "); end != std::string_view::npos) t.remove_prefix(end + 3);
-  }
-  return std::string(t);
 }
 
 DeliveryResult result(Outcome outcome, std::string detail = {}) {
@@ -569,12 +556,12 @@ bool ServerLink::ensure_connected() {
   if (s == NATS_OK) s = natsOptions_SetClosedCB(o, on_closed, closure);
   if (s != NATS_OK) {
     delete closure;
-    return failed(last_error_text(s));
+    return failed(nats_error_text(s));
   }
   natsConnection* nc = nullptr;
   s = natsConnection_Connect(&nc, o);
   if (s != NATS_OK) {
-    std::string why = last_error_text(s);
+    std::string why = nats_error_text(s);
     if (nc != nullptr) {
       natsConnection_Destroy(nc);  // its closed callback frees the closure
     } else {
@@ -589,7 +576,7 @@ bool ServerLink::ensure_connected() {
   s = natsInbox_Create(&inbox);
   if (s != NATS_OK) {
     drop_connection("inbox");
-    return failed(last_error_text(s));
+    return failed(nats_error_text(s));
   }
   inbox_prefix_ = std::string(inbox) + ".";
   natsInbox_Destroy(inbox);
@@ -600,7 +587,7 @@ bool ServerLink::ensure_connected() {
   if (s != NATS_OK) {
     delete sub_closure;
     sub_ = nullptr;
-    std::string why = last_error_text(s);
+    std::string why = nats_error_text(s);
     drop_connection("subscribe");
     return failed(why);
   }
@@ -697,7 +684,7 @@ class NatsTransport::Impl {
   ~Impl() { stop(); }
 
   Result<NatsUri> parse(std::string_view method, std::string_view uri, bool* request) const {
-    const std::string m = lower(method);
+    const std::string m = ascii_lower(method);
     if (m != "publish" && m != "request") {
       return fail(Errc::kInvalidArgument, "callback.method must be publish or request");
     }

@@ -77,6 +77,11 @@ struct NatsTransportOptions {
   int64_t flush_timeout_ms = 10000;     // upper bound of a flush (also bounded by job.timeout_ms)
 };
 
+// libnats' last error on this thread, without its "(file.c:line): " prefix; the text of
+// `status` (a natsStatus) when there is none. Shared with cluster/nats_bus.cc, so that
+// nats.h stays inside the two .cc files that use libnats.
+std::string nats_error_text(int status);
+
 class NatsTransport final : public Transport {
  public:
   explicit NatsTransport(NatsTransportOptions options = {});

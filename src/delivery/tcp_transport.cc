@@ -20,6 +20,7 @@
 
 #include <boost/asio.hpp>
 
+#include "base/ascii.h"
 #include "base/clock.h"
 #include "base/log.h"
 
@@ -41,10 +42,6 @@ struct TcpUri {
   std::optional<asio::ip::address> address;  // set when host is an IP literal
 };
 
-char lower_char(char c) {
-  return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c;
-}
-
 bool name_char(char c) {
   return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '.' || c == '_';
 }
@@ -54,7 +51,7 @@ bool name_char(char c) {
 std::optional<TcpUri> parse_tcp_uri(std::string_view text) {
   if (text.size() <= kScheme.size()) return std::nullopt;
   for (size_t i = 0; i < kScheme.size(); ++i) {
-    if (lower_char(text[i]) != kScheme[i]) return std::nullopt;
+    if (ascii_lower(text[i]) != kScheme[i]) return std::nullopt;
   }
   std::string_view rest = text.substr(kScheme.size());
   const size_t colon = rest.rfind(':');
@@ -64,7 +61,7 @@ std::optional<TcpUri> parse_tcp_uri(std::string_view text) {
   if (!n) return std::nullopt;
   TcpUri out;
   out.port = *n;
-  for (char c : rest.substr(0, colon)) out.host += lower_char(c);
+  for (char c : rest.substr(0, colon)) out.host += ascii_lower(c);
   error_code ec;
   if (out.host.front() == '[') {
     if (out.host.size() < 3 || out.host.back() != ']') return std::nullopt;

@@ -20,6 +20,7 @@
 
 #include <zmq.hpp>
 
+#include "base/ascii.h"
 #include "base/clock.h"
 #include "base/log.h"
 
@@ -44,25 +45,15 @@ constexpr int kMonitorEvents =
 
 enum class Kind { kPush, kPub };
 
-char lower_char(char c) {
-  return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c;
-}
-
-std::string lower(std::string_view s) {
-  std::string out(s);
-  for (char& c : out) c = lower_char(c);
-  return out;
-}
-
 std::optional<Kind> parse_method(std::string_view method) {
-  const std::string m = lower(method);
+  const std::string m = ascii_lower(method);
   if (m == "push") return Kind::kPush;
   if (m == "pub") return Kind::kPub;
   return std::nullopt;
 }
 
 bool starts_with_ci(std::string_view s, std::string_view prefix) {
-  return s.size() >= prefix.size() && lower(s.substr(0, prefix.size())) == prefix;
+  return s.size() >= prefix.size() && ascii_lower(s.substr(0, prefix.size())) == prefix;
 }
 
 bool host_name_char(char c) {
@@ -101,7 +92,7 @@ std::optional<Endpoint> parse_tcp(std::string_view rest) {
       if (!host_name_char(c)) return std::nullopt;  // also refuses `*` and `src;host`
     }
   }
-  e.text = fmt::format("tcp://{}:{}", lower(host), *n);
+  e.text = fmt::format("tcp://{}:{}", ascii_lower(host), *n);
   return e;
 }
 

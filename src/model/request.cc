@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 #include <boost/json.hpp>
 
+#include "base/ascii.h"
 #include "base/hash.h"
 
 namespace skyring {
@@ -35,14 +36,6 @@ bool as_int64(const json::value& v, int64_t* out) {
     return true;
   }
   return false;
-}
-
-std::string lower(std::string_view s) {
-  std::string out(s);
-  for (char& c : out) {
-    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
-  }
-  return out;
 }
 
 // A header name is a token: visible ASCII without separators we could misframe (':').
@@ -96,8 +89,8 @@ Result<void> parse_callback(const json::value* v, Callback* cb) {
   if (uri == nullptr) return bad("callback.uri is required");
   if (!uri->is_string() || uri->get_string().empty())
     return bad("callback.uri must be a non-empty string");
-  cb->transport = lower(transport->get_string());
-  cb->method = lower(method->get_string());
+  cb->transport = ascii_lower(transport->get_string());
+  cb->method = ascii_lower(method->get_string());
   cb->uri = std::string(uri->get_string());
   if (const json::value* headers = o.if_contains("headers")) {
     if (!headers->is_object()) return bad("callback.headers must be an object of strings");
