@@ -5,8 +5,8 @@
 // Phases
 // 1. Baseline: a standalone node (no NATS), closed-loop creates with random x-timer-id for
 //    --duration after --warmup: timers/s. Stopped before the cluster starts.
-// 2. Cluster creates: the same load spread evenly over the three nodes (one load thread per
-//    node, connections split between them). Ids are random, so about 2/3 of the creates are
+// 2. Cluster creates: the same load (one load thread, the same connection count) with its
+//    connections spread round-robin over the three nodes. Ids are random, so about 2/3 of the creates are
 //    forwarded to their owner. Goal: >= 0.5 x the baseline.
 // 3. Deliveries: min(--timers, 20,000) timers with known due times (`at`) created through all
 //    nodes, delivered to the built-in webhook receiver: early / duplicate / missing must be 0.
@@ -132,19 +132,18 @@ int64_t metric_or_zero(uint16_t port, std::string_view name) {
   return v ? *v : 0;
 }
 
-std::string create_request(uint16_t port, std::string_view id, std::string_view body) {
+// Host names no port: the load's connections may go to several nodes.
+std::string create_request(std::string_view id, std::string_view body) {
   return fmt::format(
-      "POST /timer HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Type: application/json\r\n"
+      "POST /timer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
       "x-timer-id: {}\r\nContent-Length: {}\r\n\r\n{}",
-      port, id, body.size(), body);
+      id, body.size(), body);
 }
 
 constexpr std::string_view kFarBody =
     R"({"timeout":3600000,"data":"skyring-bench","callback":{"transport":"http",)"
     R"("method":"post","uri":"http://127.0.0.1:9/hook"}})";
 
-// Closed-loop far-future creates with ids "<prefix><thread>-<seq>", one load thread per port,
-// connections split between them.
 struct CreateRun {
   uint64_t acked = 0;
   uint64_t errors = 0;
@@ -154,60 +153,44 @@ struct CreateRun {
   std::string failure;
 };
 
+// Closed-loop far-future creates with ids "<prefix><seq>" (`max_requests` at most) from one
+// load thread whose connections are spread round-robin over `ports`: the same client as the
+// single-node baseline (one thread, the same connection count), only its connections go to
+// several nodes.
 CreateRun create_load(const std::vector<uint16_t>& ports, size_t connections,
-                      const std::string& prefix, uint64_t max_per_port, int64_t measure_from,
-                      int64_t measure_to, int64_t stop_issuing, int64_t deadline,
-                      const std::atomic<bool>* stop = nullptr) {
-  CreateRun total;
-  std::mutex mu;
-  std::vector<std::thread> threads;
-  size_t per = std::max<size_t>(1, connections / ports.size());
-  for (size_t k = 0; k < ports.size(); ++k) {
-    threads.emplace_back([&, k] {
-      uint16_t port = ports[k];
-      CreateRun mine;
-      mine.latency_us.reserve(1 << 16);
-      LoadOptions lo;
-      lo.port = port;
-      lo.connections = per;
-      lo.max_requests = max_per_port;
-      lo.stop_issuing_us = stop_issuing;
-      lo.deadline_us = deadline;
-      lo.stop = stop;
-      std::string id_prefix = fmt::format("{}{}-", prefix, k);
-      auto stats = run_load(
-          lo,
-          [&](uint64_t seq, std::string& out) {
-            out.append(create_request(port, fmt::format("{}{}", id_prefix, seq), kFarBody));
-          },
-          [&](const Outcome& r) {
-            bool ok = r.status == 201;
-            if (ok) {
-              ++mine.acked;
-            } else {
-              ++mine.errors;
-            }
-            if (ok && r.done_us >= measure_from && r.done_us <= measure_to) {
-              ++mine.measured;
-              if (mine.latency_us.size() < 10'000'000)
-                mine.latency_us.push_back(r.done_us - r.sent_us);
-            }
-          });
-      std::lock_guard<std::mutex> g(mu);
-      total.acked += mine.acked;
-      total.errors += mine.errors;
-      total.measured += mine.measured;
-      total.latency_us.insert(total.latency_us.end(), mine.latency_us.begin(),
-                              mine.latency_us.end());
-      if (!stats) {
-        total.failed = true;
-        total.failure = stats.error().message;
-      }
-    });
+                      const std::string& prefix, uint64_t max_requests, int64_t measure_from,
+                      int64_t measure_to, int64_t stop_issuing, int64_t deadline) {
+  CreateRun run;
+  run.latency_us.reserve(1 << 16);
+  LoadOptions lo;
+  lo.spread = ports;
+  lo.connections = std::max<size_t>(connections, ports.size());
+  lo.max_requests = max_requests;
+  lo.stop_issuing_us = stop_issuing;
+  lo.deadline_us = deadline;
+  auto stats = run_load(
+      lo,
+      [&](uint64_t seq, std::string& out) {
+        out.append(create_request(fmt::format("{}{}", prefix, seq), kFarBody));
+      },
+      [&](const Outcome& r) {
+        bool ok = r.status == 201;
+        if (ok) {
+          ++run.acked;
+        } else {
+          ++run.errors;
+        }
+        if (ok && r.done_us >= measure_from && r.done_us <= measure_to) {
+          ++run.measured;
+          if (run.latency_us.size() < 10'000'000) run.latency_us.push_back(r.done_us - r.sent_us);
+        }
+      });
+  if (!stats) {
+    run.failed = true;
+    run.failure = stats.error().message;
   }
-  for (std::thread& t : threads) t.join();
-  std::sort(total.latency_us.begin(), total.latency_us.end());
-  return total;
+  std::sort(run.latency_us.begin(), run.latency_us.end());
+  return run;
 }
 
 // Measured create rate (timers/s) through `ports`; adds its rows under `label`.
@@ -252,7 +235,7 @@ struct Background {
       auto stats = run_load(
           lo,
           [&](uint64_t seq, std::string& out) {
-            out.append(create_request(port, fmt::format("{}{}", prefix, seq), kFarBody));
+            out.append(create_request(fmt::format("{}{}", prefix, seq), kFarBody));
           },
           [&](const Outcome& r) { (r.status == 201 ? ok : errors).fetch_add(1); });
       (void)stats;
@@ -371,7 +354,7 @@ bool run_cluster_impl(const ScenarioContext& ctx) {
               uint64_t s = seqs[i];
               std::string body =
                   fmt::format(R"({{"at":{},"data":"{}","callback":{}}})", due_ms(s), s, callback);
-              out.append(create_request(port, fmt::format("{}d{}", dprefix, s), body));
+              out.append(create_request(fmt::format("{}d{}", dprefix, s), body));
             },
             [&](const Outcome& r) {
               std::lock_guard<std::mutex> g(mu);
@@ -438,9 +421,9 @@ bool run_cluster_impl(const ScenarioContext& ctx) {
   const uint64_t pending_target = o.cluster_pending;
   {
     int64_t t = monotonic_us();
-    uint64_t per = (pending_target + ports.size() - 1) / ports.size();
-    CreateRun run = create_load(ports, o.connections, prefix + "p", per, 0, 0, INT64_MAX,
-                                t + static_cast<int64_t>(per / 100 + 300) * 1'000'000);
+    CreateRun run = create_load(
+        ports, o.connections, prefix + "p", pending_target, 0, 0, INT64_MAX,
+        t + static_cast<int64_t>(pending_target / 300 + 300) * 1'000'000);
     fmt::print(stderr, "[{}] {} far-future timers pending ({} errors) in {:.1f} s\n", kSc,
                run.acked, run.errors, secs(monotonic_us() - t));
     if (run.failed) {

@@ -117,7 +117,7 @@ class LoadLoop {
 
   void open(size_t i) {
     Conn& c = conns_[i];
-    c.fd = start_connect(o_.port);
+    c.fd = start_connect(o_.spread.empty() ? o_.port : o_.spread[i % o_.spread.size()]);
     if (c.fd < 0) return;
     epoll_event ev{};
     ev.events = EPOLLIN | EPOLLOUT;

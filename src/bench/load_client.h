@@ -22,6 +22,7 @@
 #include <functional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "base/result.h"
 
@@ -29,6 +30,9 @@ namespace skyring::bench {
 
 struct LoadOptions {
   uint16_t port = 0;  // on 127.0.0.1
+  // When not empty: connection i goes to spread[i % spread.size()] instead of `port` (one load
+  // thread over several nodes, as one client process would spread its connections).
+  std::vector<uint16_t> spread;
   size_t connections = 64;
   uint64_t max_requests = UINT64_MAX;
   int64_t stop_issuing_us = INT64_MAX;      // monotonic_us()
