@@ -204,6 +204,10 @@ const std::vector<Option>& options() {
       {"leave-timeout",
        "cluster: how long a stopping node hands its timers over before it exits anyway",
        duration_field("leave-timeout", &Config::leave_timeout_ms, 0)},
+      {"nats-batch",
+       "cluster: how long events and heartbeats gather before they go to NATS in one write "
+       "(0 to 1s; 0: no wait between writes)",
+       duration_field("nats-batch", &Config::nats_batch_ms, 0)},
       {"max-body-buffer",
        "bytes of request bodies buffered at once, over all connections (at least 1 MiB); a "
        "request beyond it is answered 503",
@@ -350,6 +354,7 @@ Result<Config> load_config(const std::vector<std::string>& args,
   if (auto r = check_nats_urls(c.nats); !r) return tl::unexpected(r.error());
   if (!c.nats.empty() && c.cluster.empty()) return bad("cluster", "must not be empty");
   if (auto r = check_advertise(c.advertise); !r) return tl::unexpected(r.error());
+  if (c.nats_batch_ms > 1000) return bad("nats-batch", "must be at most 1s");
   return c;
 }
 

@@ -169,6 +169,12 @@ TEST(Config, ClusterTuning) {
   Config d = load_ok({});
   EXPECT_EQ(d.heartbeat_interval_ms, 1000);
   EXPECT_EQ(d.member_timeout_ms, 5000);
+  EXPECT_EQ(d.nats_batch_ms, 50);
+  EXPECT_EQ(load_ok({"--nats-batch", "0"}).nats_batch_ms, 0);
+  EXPECT_EQ(load_ok({"--nats-batch", "1s"}).nats_batch_ms, 1000);
+  EXPECT_EQ(load_ok({}, {{"SKYRING_NATS_BATCH", "20ms"}}).nats_batch_ms, 20);
+  expect_error({"--nats-batch", "1001ms"}, {}, "--nats-batch");
+  expect_error({"--nats-batch", "-5ms"}, {}, "--nats-batch");
 }
 
 TEST(Config, BadChoices) {

@@ -304,6 +304,7 @@ int run_node(const Config& config) {
     cluster::NatsOptions nopts;
     nopts.urls = config.nats;
     nopts.name = node_id;
+    nopts.batch_interval_ms = config.nats_batch_ms;
     auto bus = cluster::NatsBus::start(nopts, loop, metrics);
     if (!bus) return config_error(bus.error().message);
     cl.bus = std::move(*bus);

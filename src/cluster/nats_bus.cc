@@ -275,8 +275,10 @@ class LibnatsBus final : public NatsBus {
       batch.clear();
       lock.lock();
       // Gather for a moment before the next batch: every batch wakes this thread, libnats'
-      // flusher and the server, and at ~10,000 events/s one wake per event cost the node
-      // about 40% of its create rate in the cluster bench. Events wait at most this long.
+      // flusher and the server (another process). At ~10,000 events/s one wake per event cost
+      // the node about 40% of its create rate in the cluster bench, and a batch every 5 ms
+      // still about 20% (docs/cluster.md, "Events"). Messages wait at most this long; the first
+      // one after a quiet spell goes at once.
       if (options_.batch_interval_ms > 0 && !stopping_) {
         qcv_.wait_for(lock, std::chrono::milliseconds(options_.batch_interval_ms),
                       [&] { return stopping_; });

@@ -6,7 +6,8 @@
 //     serving) while NATS is unreachable; the client reconnects forever with a fixed wait.
 //   * publish() never blocks and never fails the caller: the message goes into a bounded
 //     queue (max_queue messages, max_queue_bytes bytes) drained by the bus's own thread in
-//     batches at most every batch_interval_ms (5 ms: one wake-up per batch, not per event); when
+//     batches at most every batch_interval_ms (--nats-batch, 50 ms: one wake-up of this thread,
+//     libnats' flusher and nats-server per batch, not per event); when
 //     the queue is full, or NATS is down and its reconnect buffer full, the message is dropped
 //     and counted (skyring_nats_dropped_total), with a rate-limited log line.
 //   * subscribe() callbacks and state changes are posted to the Executor (the engine's loop),
@@ -40,7 +41,7 @@ struct NatsOptions {
   size_t max_queue = 65'536;                  // messages waiting for the publisher thread
   size_t max_queue_bytes = 64 * 1024 * 1024;  // ... and their bytes
   int64_t flush_timeout_ms = 1000;            // stop(): time to flush what is queued
-  int64_t batch_interval_ms = 5;  // the publisher sends what gathered at most this often
+  int64_t batch_interval_ms = 50;  // the publisher sends what gathered at most this often
 };
 
 class NatsBus {
