@@ -6,8 +6,8 @@
 // 1. Baseline: a standalone node (no NATS), closed-loop creates with random x-timer-id for
 //    --duration after --warmup: timers/s. Stopped before the cluster starts.
 // 2. Cluster creates: the same load (one load thread, the same connection count) with its
-//    connections spread round-robin over the three nodes. Ids are random, so about 2/3 of the creates are
-//    forwarded to their owner. Goal: >= 0.5 x the baseline.
+//    connections spread round-robin over the three nodes. Ids are random, so about 2/3 of the
+//    creates are forwarded to their owner. Goal: >= 0.5 x the baseline.
 // 3. Deliveries: min(--timers, 20,000) timers with known due times (`at`) created through all
 //    nodes, delivered to the built-in webhook receiver: early / duplicate / missing must be 0.
 // 4. Join: --cluster-pending far-future timers (due in 1 h, callback 127.0.0.1:9) are created
