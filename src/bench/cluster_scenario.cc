@@ -421,9 +421,8 @@ bool run_cluster_impl(const ScenarioContext& ctx) {
   const uint64_t pending_target = o.cluster_pending;
   {
     int64_t t = monotonic_us();
-    CreateRun run = create_load(
-        ports, o.connections, prefix + "p", pending_target, 0, 0, INT64_MAX,
-        t + static_cast<int64_t>(pending_target / 300 + 300) * 1'000'000);
+    CreateRun run = create_load(ports, o.connections, prefix + "p", pending_target, 0, 0, INT64_MAX,
+                                t + static_cast<int64_t>(pending_target / 300 + 300) * 1'000'000);
     fmt::print(stderr, "[{}] {} far-future timers pending ({} errors) in {:.1f} s\n", kSc,
                run.acked, run.errors, secs(monotonic_us() - t));
     if (run.failed) {
