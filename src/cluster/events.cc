@@ -102,7 +102,7 @@ void EventPublisher::on_timer(TimerEvent event, const TimerRecord& r) {
   field(out, "method", r.callback.method);
   field(out, "uri", r.callback.uri);
   fmt::format_to(std::back_inserter(out), R"(}},"time":{}}})", ms(clock_.now_us()));
-  bus_.publish(std::string(kTimerEventsSubject), fmt::to_string(out));
+  bus_.publish(std::string(kTimerEventsSubject), fmt::to_string(out), NatsBus::Send::kGathered);
 }
 
 void EventPublisher::node_event(std::string_view type, std::string_view fields) {
@@ -117,7 +117,7 @@ void EventPublisher::node_event(std::string_view type, std::string_view fields) 
     out.append(fields);
   }
   out.push_back('}');
-  bus_.publish(std::string(kNodeEventsSubject), fmt::to_string(out));
+  bus_.publish(std::string(kNodeEventsSubject), fmt::to_string(out), NatsBus::Send::kGathered);
 }
 
 }  // namespace skyring::cluster

@@ -273,7 +273,7 @@ void Membership::publish(std::string_view type) {
   o["state"] = self_.leaving ? "leaving" : self_.joining ? "joining" : "active";
   o["incarnation"] = self_.incarnation;
   o["settled"] = hex(self_.settled);
-  bus_.publish(subject_, json::serialize(o));
+  bus_.publish(subject_, json::serialize(o), NatsBus::Send::kAtOnce);
   if (type != "gone" && type != "leave") last_heartbeat_us_ = monotonic_us();
 }
 

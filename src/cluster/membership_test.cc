@@ -275,13 +275,15 @@ TEST_F(MembershipTest, GarbageIsIgnoredAndCounted) {
       std::string("{\"v\":1,\"type\":\"hello\",\"id\":\"\xff\xfe\"", 31),
       std::string(5000, 'x'),
   };
-  for (const auto& g : garbage) (*raw)->publish(subject, g);
+  for (const auto& g : garbage) (*raw)->publish(subject, g, NatsBus::Send::kAtOnce);
   // Another process with our id: ignored, counted as a conflict.
-  (*raw)->publish(subject,
-                  R"({"v":1,"type":"heartbeat","id":"a","address":"h:1","incarnation":5})");
+  (*raw)->publish(subject, R"({"v":1,"type":"heartbeat","id":"a","address":"h:1","incarnation":5})",
+                  NatsBus::Send::kAtOnce);
   // The end marker: messages of one connection arrive in order.
-  (*raw)->publish(subject, R"({"v":1,"type":"heartbeat","id":"marker","address":"m:1",)"
-                           R"("state":"active","incarnation":1,"settled":"00ff"})");
+  (*raw)->publish(subject,
+                  R"({"v":1,"type":"heartbeat","id":"marker","address":"m:1",)"
+                  R"("state":"active","incarnation":1,"settled":"00ff"})",
+                  NatsBus::Send::kAtOnce);
   ASSERT_TRUE(run_until({a.get()}, [&] { return a->membership->find("marker") != nullptr; }));
   EXPECT_EQ(metric(a->metrics, "skyring_cluster_bad_messages_total"),
             static_cast<int64_t>(garbage.size()));
@@ -300,16 +302,21 @@ TEST_F(MembershipTest, NewerIncarnationReplacesAnOlderOne) {
   ASSERT_TRUE(raw.has_value());
   const std::string subject = "skyring.test.members";
   auto hb = [&](int inc, const std::string& addr) {
-    (*raw)->publish(subject, fmt::format(R"({{"v":1,"type":"heartbeat","id":"x","address":"{}",)"
-                                         R"("incarnation":{}}})",
-                                         addr, inc));
+    (*raw)->publish(subject,
+                    fmt::format(R"({{"v":1,"type":"heartbeat","id":"x","address":"{}",)"
+                                R"("incarnation":{}}})",
+                                addr, inc),
+                    NatsBus::Send::kAtOnce);
   };
   hb(2, "new:1");
   hb(1, "old:1");  // a past life: ignored
   hb(2, "new:1");
-  (*raw)->publish(subject, R"({"v":1,"type":"gone","id":"x","incarnation":1})");  // stale gone
-  (*raw)->publish(subject, R"({"v":1,"type":"heartbeat","id":"marker","address":"m:1",)"
-                           R"("incarnation":1})");
+  (*raw)->publish(subject, R"({"v":1,"type":"gone","id":"x","incarnation":1})",
+                  NatsBus::Send::kAtOnce);  // stale gone
+  (*raw)->publish(subject,
+                  R"({"v":1,"type":"heartbeat","id":"marker","address":"m:1",)"
+                  R"("incarnation":1})",
+                  NatsBus::Send::kAtOnce);
   ASSERT_TRUE(run_until({a.get()}, [&] { return a->membership->find("marker") != nullptr; }));
   ASSERT_NE(a->membership->find("x"), nullptr);
   EXPECT_EQ(a->membership->find("x")->member.address, "new:1");
@@ -348,7 +355,7 @@ TEST(NatsBus, PublishWithNatsDownNeverBlocks) {
   // whatever the timing (the tiny queue drops more).
   std::string big(16 * 1024, 'x');
   started = Clock_::now();
-  for (int i = 0; i < 1000; ++i) (*bus)->publish("skyring.down", big);
+  for (int i = 0; i < 1000; ++i) (*bus)->publish("skyring.down", big, NatsBus::Send::kGathered);
   EXPECT_LT(ms_since(started), 1000);
   started = Clock_::now();
   (*bus)->stop();
@@ -374,7 +381,7 @@ TEST_F(NatsBusTest, SubscribeBeforeConnectAndNothingAfterStop) {
   ASSERT_TRUE(server_.start());
   ASSERT_TRUE(ex.drain_until([&] { return !states.empty() && states.back(); }));
   EXPECT_EQ(metric(reg, "skyring_nats_connected"), 1);
-  (*bus)->publish("early.x", "one");
+  (*bus)->publish("early.x", "one", NatsBus::Send::kAtOnce);
   ASSERT_TRUE(run_until({}, [&] {
     ex.run_all();
     return got.size() == 1;
@@ -386,10 +393,46 @@ TEST_F(NatsBusTest, SubscribeBeforeConnectAndNothingAfterStop) {
   auto other = NatsBus::start(bus_options(server_.url(), "other"), ex2, reg2);
   ASSERT_TRUE(other.has_value());
   (*bus)->stop();
-  for (int i = 0; i < 10; ++i) (*other)->publish("early.x", "late");
+  for (int i = 0; i < 10; ++i) (*other)->publish("early.x", "late", NatsBus::Send::kGathered);
   (*other)->stop();  // flushes
   ex.run_all();
   EXPECT_EQ(got.size(), 1u);
+}
+
+// Gathered messages wait for the next batch; a kAtOnce message ends the wait at once and takes
+// them along (membership must not wait behind events). The interval is a minute, so only the
+// kAtOnce can deliver the second message within the test's deadline.
+TEST_F(NatsBusTest, AtOnceEndsTheGatheringWait) {
+  ManualExecutor ex;
+  Registry reg;
+  NatsOptions o = bus_options(server_.url(), "gather");
+  o.batch_interval_ms = 60'000;
+  auto bus = NatsBus::start(o, ex, reg);
+  ASSERT_TRUE(bus.has_value());
+  ASSERT_TRUE(run_until({}, [&] { return (*bus)->connected(); }));
+  std::vector<std::string> got;
+  // On a live connection subscribe() returns once the server has the subscription.
+  (*bus)->subscribe("gather.x", [&](std::string_view, std::string_view d) { got.emplace_back(d); });
+  auto drain = [&](size_t n) {
+    return run_until({}, [&] {
+      ex.run_all();
+      return got.size() >= n;
+    });
+  };
+  // The first message after a quiet spell goes at once; the publisher then gathers.
+  (*bus)->publish("gather.x", "first", NatsBus::Send::kGathered);
+  ASSERT_TRUE(drain(1));
+  (*bus)->publish("gather.x", "second", NatsBus::Send::kGathered);
+  auto start = Clock_::now();
+  while (ms_since(start) < 300) {  // not sent while the gathering wait lasts
+    ex.run_all();
+    ASSERT_EQ(got.size(), 1u);
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  (*bus)->publish("gather.x", "now", NatsBus::Send::kAtOnce);
+  ASSERT_TRUE(drain(3));
+  EXPECT_EQ(got, (std::vector<std::string>{"first", "second", "now"}));
+  (*bus)->stop();
 }
 
 TEST_F(EventTest, TimerAndNodeEventsAreJson) {

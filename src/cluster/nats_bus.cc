@@ -175,7 +175,7 @@ class LibnatsBus final : public NatsBus {
     publisher_ = std::thread([this] { publish_loop(); });
   }
 
-  void publish(std::string subject, std::string data) override {
+  void publish(std::string subject, std::string data, Send send) override {
     size_t bytes = subject.size() + data.size();
     std::unique_lock lock(qmu_);
     if (stopping_) {
@@ -194,10 +194,13 @@ class LibnatsBus final : public NatsBus {
     queue_bytes_ += bytes;
     bool was_empty = queue_.empty();
     queue_.push_back({std::move(subject), std::move(data)});
+    bool wake = was_empty || (send == Send::kAtOnce && !at_once_);
+    if (send == Send::kAtOnce) at_once_ = true;
     lock.unlock();
-    // The publisher waits only on an empty queue and takes all of it at once: only the first
-    // message after it emptied needs a wake-up (one futex call per batch, not per event).
-    if (was_empty) qcv_.notify_one();
+    // The publisher waits on an empty queue, or gathers for batch_interval_ms, and takes all of
+    // it at once: only the first message after it emptied, or the first kAtOnce, needs a
+    // wake-up (one futex call per batch, not per event).
+    if (wake) qcv_.notify_one();
   }
 
   void subscribe(const std::string& subject, Handler handler) override {
@@ -270,6 +273,7 @@ class LibnatsBus final : public NatsBus {
       }
       batch.swap(queue_);
       queue_bytes_ = 0;
+      at_once_ = false;
       lock.unlock();
       for (Outgoing& m : batch) send(m);
       batch.clear();
@@ -281,7 +285,7 @@ class LibnatsBus final : public NatsBus {
       // one after a quiet spell goes at once.
       if (options_.batch_interval_ms > 0 && !stopping_) {
         qcv_.wait_for(lock, std::chrono::milliseconds(options_.batch_interval_ms),
-                      [&] { return stopping_; });
+                      [&] { return stopping_ || at_once_; });
       }
     }
     int64_t deadline = flush_deadline_us_;
@@ -334,6 +338,7 @@ class LibnatsBus final : public NatsBus {
   std::deque<Outgoing> queue_;
   size_t queue_bytes_ = 0;
   bool stopping_ = false;
+  bool at_once_ = false;  // a Send::kAtOnce message waits: no gathering wait
   int64_t flush_deadline_us_ = 0;
   log::Limiter enqueue_limiter_;  // used under qmu_
   log::Limiter send_limiter_;     // publisher thread only

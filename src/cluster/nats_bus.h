@@ -7,7 +7,8 @@
 //   * publish() never blocks and never fails the caller: the message goes into a bounded
 //     queue (max_queue messages, max_queue_bytes bytes) drained by the bus's own thread in
 //     batches at most every batch_interval_ms (--nats-batch, 50 ms: one wake-up of this thread,
-//     libnats' flusher and nats-server per batch, not per event); when
+//     libnats' flusher and nats-server per batch, not per event; Send::kAtOnce skips the wait,
+//     for membership messages); when
 //     the queue is full, or NATS is down and its reconnect buffer full, the message is dropped
 //     and counted (skyring_nats_dropped_total), with a rate-limited log line.
 //   * subscribe() callbacks and state changes are posted to the Executor (the engine's loop),
@@ -53,7 +54,11 @@ class NatsBus {
                                                 Registry& metrics);
   virtual ~NatsBus() = default;
 
-  virtual void publish(std::string subject, std::string data) = 0;
+  // kGathered: waits for the next batch (at most batch_interval_ms; events). kAtOnce: wakes the
+  // publisher now and goes with whatever is queued (membership: a node's "leaving" must reach
+  // the others before its handoff does, or a receiver with the old view sends the timers back).
+  enum class Send { kGathered, kAtOnce };
+  virtual void publish(std::string subject, std::string data, Send send) = 0;
   // `handler` runs on the executor. Subscriptions survive reconnects.
   virtual void subscribe(const std::string& subject, Handler handler) = 0;
   // Called on the executor with true on (re)connect and false on disconnect.

@@ -59,7 +59,9 @@ class LoopbackHub {
 class LoopbackBus final : public NatsBus {
  public:
   explicit LoopbackBus(LoopbackHub& hub) : hub_(hub) {}
-  void publish(std::string subject, std::string data) override { hub_.publish(subject, data); }
+  void publish(std::string subject, std::string data, Send) override {
+    hub_.publish(subject, data);
+  }
   void subscribe(const std::string& subject, Handler handler) override {
     hub_.subscribe(subject, std::move(handler));
   }
