@@ -205,8 +205,8 @@ const std::vector<Option>& options() {
        "cluster: how long a stopping node hands its timers over before it exits anyway",
        duration_field("leave-timeout", &Config::leave_timeout_ms, 0)},
       {"nats-batch",
-       "cluster: how long events and heartbeats gather before they go to NATS in one write "
-       "(0 to 1s; 0: no wait between writes)",
+       "cluster: how long events gather before they go to NATS in one write (membership "
+       "messages never wait; 0 to 1s, 0: no wait between writes)",
        duration_field("nats-batch", &Config::nats_batch_ms, 0)},
       {"max-body-buffer",
        "bytes of request bodies buffered at once, over all connections (at least 1 MiB); a "

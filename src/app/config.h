@@ -45,7 +45,7 @@ struct Config {
   int64_t heartbeat_interval_ms = 1000;
   int64_t member_timeout_ms = 5000;
   int64_t leave_timeout_ms = 120'000;
-  int64_t nats_batch_ms = 50;  // events and heartbeats gather this long before one NATS write
+  int64_t nats_batch_ms = 50;  // events gather this long before one NATS write
 };
 
 // argv after "run": flags; env: the process environment (name -> value).
