@@ -1,14 +1,12 @@
 #include "cluster/peer_client.h"
 
 #include <chrono>
-#include <condition_variable>
-#include <map>
-#include <mutex>
 #include <string>
 #include <vector>
 
 #include <gtest/gtest.h>
 
+#include "base/callbacks_for_tests.h"
 #include "cluster/http_server_for_tests.h"
 
 namespace skyring::cluster {
@@ -26,34 +24,9 @@ using Kind = PeerResponse::Kind;
 constexpr milliseconds kDeadline{10'000};
 
 // Callbacks by request index; counts calls to prove exactly-once.
-class Results {
+class Results : public CallbackRecorder<PeerResponse> {
  public:
-  std::function<void(PeerResponse)> done(size_t index) {
-    return [this, index](PeerResponse r) {
-      std::lock_guard lock(mu_);
-      calls_[index]++;
-      results_[index] = std::move(r);
-      cv_.notify_all();
-    };
-  }
-  bool wait_for(size_t count, milliseconds deadline = kDeadline) {
-    std::unique_lock lock(mu_);
-    return cv_.wait_for(lock, deadline, [&] { return results_.size() >= count; });
-  }
-  PeerResponse result(size_t index) {
-    std::lock_guard lock(mu_);
-    return results_.at(index);
-  }
-  int calls(size_t index) {
-    std::lock_guard lock(mu_);
-    return calls_.count(index) ? calls_[index] : 0;
-  }
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::map<size_t, PeerResponse> results_;
-  std::map<size_t, int> calls_;
+  Results() : CallbackRecorder<PeerResponse>(kDeadline) {}
 };
 
 PeerRequest get(const std::string& address, std::string target = "/timer/a",

@@ -1,17 +1,14 @@
 // Test helpers shared by the transport tests: a poll with a deadline, a recorder of `done`
-// callbacks by job index that counts every call (exactly-once checks), and one-job delivery.
+// callbacks by job index (base/callbacks_for_tests.h) and one-job delivery.
 #pragma once
 
 #include <chrono>
-#include <condition_variable>
-#include <cstddef>
-#include <map>
 #include <memory>
-#include <mutex>
 #include <thread>
 
 #include <gtest/gtest.h>
 
+#include "base/callbacks_for_tests.h"
 #include "delivery/transport.h"
 
 namespace skyring::delivery_tests {
@@ -33,49 +30,10 @@ bool wait_until(Pred pred, std::chrono::milliseconds deadline = kResultsDeadline
   return true;
 }
 
-// Records every callback; `calls` counts per job index to prove exactly-once.
-class Results {
+// Callbacks by job index; `calls` counts every call to prove exactly-once.
+class Results : public CallbackRecorder<DeliveryResult> {
  public:
-  DeliveryDone done(size_t index) {
-    return [this, index](DeliveryResult r) {
-      std::lock_guard lock(mu_);
-      calls_[index]++;
-      results_[index] = std::move(r);
-      finished_at_[index] = Clock::now();
-      cv_.notify_all();
-    };
-  }
-  bool wait_for(size_t count, std::chrono::milliseconds deadline = kResultsDeadline) {
-    std::unique_lock lock(mu_);
-    return cv_.wait_for(lock, deadline, [&] { return results_.size() >= count; });
-  }
-  bool has(size_t index) {
-    std::lock_guard lock(mu_);
-    return results_.count(index) > 0;
-  }
-  size_t size() {
-    std::lock_guard lock(mu_);
-    return results_.size();
-  }
-  DeliveryResult result(size_t index) {
-    std::lock_guard lock(mu_);
-    return results_.at(index);
-  }
-  int calls(size_t index) {
-    std::lock_guard lock(mu_);
-    return calls_.count(index) ? calls_[index] : 0;
-  }
-  Clock::time_point finished_at(size_t index) {
-    std::lock_guard lock(mu_);
-    return finished_at_.at(index);
-  }
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::map<size_t, int> calls_;
-  std::map<size_t, DeliveryResult> results_;
-  std::map<size_t, Clock::time_point> finished_at_;
+  Results() : CallbackRecorder<DeliveryResult>(kResultsDeadline) {}
 };
 
 // Delivers one job and waits for its result, which must come exactly once.

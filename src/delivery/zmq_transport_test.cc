@@ -6,9 +6,7 @@
 #include <unistd.h>
 
 #include <chrono>
-#include <condition_variable>
 #include <cstring>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
@@ -16,6 +14,8 @@
 
 #include <gtest/gtest.h>
 #include <zmq.hpp>
+
+#include "base/callbacks_for_tests.h"
 
 namespace skyring {
 namespace {
@@ -110,34 +110,10 @@ class Receiver {
   int accepted_ = 0;
 };
 
-// Collects DeliveryResults by job index; every `done` must come exactly once.
-class Results {
+// DeliveryResults by job index; every `done` must come exactly once.
+class Results : public CallbackRecorder<DeliveryResult> {
  public:
-  DeliveryDone callback(size_t index) {
-    return [this, index](DeliveryResult r) {
-      std::lock_guard lock(mu_);
-      if (results_.size() <= index) results_.resize(index + 1);
-      results_[index].push_back(std::move(r));
-      cv_.notify_all();
-    };
-  }
-  // Waits until job `index` has a result and returns its first one.
-  std::optional<DeliveryResult> wait(size_t index, milliseconds deadline = kDeadline) {
-    std::unique_lock lock(mu_);
-    bool ok = cv_.wait_for(lock, deadline,
-                           [&] { return results_.size() > index && !results_[index].empty(); });
-    if (!ok) return std::nullopt;
-    return results_[index].front();
-  }
-  size_t count(size_t index) {
-    std::lock_guard lock(mu_);
-    return results_.size() > index ? results_[index].size() : 0;
-  }
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::vector<std::vector<DeliveryResult>> results_;
+  Results() : CallbackRecorder<DeliveryResult>(kDeadline) {}
 };
 
 DeliveryJob job(const std::string& method, const std::string& uri, DataKind kind = DataKind::kNone,
@@ -166,13 +142,13 @@ TEST(ZmqTransportTest, PushSendsTopicAndPayloadFrames) {
   Receiver pull(zmq::socket_type::pull);
   Results res;  // outlives the transport, whose stop() still calls back
   ZmqTransport t(patient());
-  t.deliver(job("push", pull.uri(), DataKind::kString, "hello"), res.callback(0));
+  t.deliver(job("push", pull.uri(), DataKind::kString, "hello"), res.done(0));
   auto r = res.wait(0);
   ASSERT_TRUE(r);
   EXPECT_EQ(r->outcome, Outcome::kSuccess) << r->detail;
   EXPECT_EQ(pull.recv(), (Frames{"timeout", "hello"}));
-  t.deliver(job("PUSH", pull.uri(), DataKind::kJson, R"({"a":[1,2],"b":"x"})"), res.callback(1));
-  t.deliver(job("push", pull.uri()), res.callback(2));
+  t.deliver(job("PUSH", pull.uri(), DataKind::kJson, R"({"a":[1,2],"b":"x"})"), res.done(1));
+  t.deliver(job("push", pull.uri()), res.done(2));
   for (size_t i : {1, 2}) {
     r = res.wait(i);
     ASSERT_TRUE(r);
@@ -188,8 +164,8 @@ TEST(ZmqTransportTest, PubSendsTopicAndPayloadFramesToASubscriber) {
   Results res;
   ZmqTransport t(patient());
   // The first attempt waits for the subscription, so even it is not lost to a slow joiner.
-  t.deliver(job("pub", sub.uri(), DataKind::kJson, R"({"k":1})"), res.callback(0));
-  t.deliver(job("Pub", sub.uri(), DataKind::kString, "two words"), res.callback(1));
+  t.deliver(job("pub", sub.uri(), DataKind::kJson, R"({"k":1})"), res.done(0));
+  t.deliver(job("Pub", sub.uri(), DataKind::kString, "two words"), res.done(1));
   // Receiving first: a bound SUB sends its subscription to a new peer only once its own
   // thread uses the socket (libzmq attaches the connection there), as a real subscriber does.
   EXPECT_EQ(sub.recv(), (Frames{"timeout", R"({"k":1})"}));
@@ -205,14 +181,14 @@ TEST(ZmqTransportTest, PushWithoutReceiverIsRetryableThenSucceedsOnceItIsUp) {
   const int port = free_port();
   Results res;
   ZmqTransport t(patient());
-  t.deliver(job("push", tcp_uri(port), DataKind::kString, "x", 200), res.callback(0));
+  t.deliver(job("push", tcp_uri(port), DataKind::kString, "x", 200), res.done(0));
   auto r = res.wait(0);
   ASSERT_TRUE(r);
   EXPECT_EQ(r->outcome, Outcome::kRetryable);
   EXPECT_NE(r->detail.find("no connected peer"), std::string::npos) << r->detail;
 
   Receiver pull(zmq::socket_type::pull, port);
-  t.deliver(job("push", tcp_uri(port), DataKind::kString, "again"), res.callback(1));
+  t.deliver(job("push", tcp_uri(port), DataKind::kString, "again"), res.done(1));
   r = res.wait(1);
   ASSERT_TRUE(r);
   EXPECT_EQ(r->outcome, Outcome::kSuccess) << r->detail;
@@ -224,7 +200,7 @@ TEST(ZmqTransportTest, PubWithoutMatchingSubscriberIsRetryableThenSucceeds) {
   const int port = free_port();
   Results res;
   ZmqTransport t(patient());
-  t.deliver(job("pub", tcp_uri(port), DataKind::kString, "x", 200), res.callback(0));
+  t.deliver(job("pub", tcp_uri(port), DataKind::kString, "x", 200), res.done(0));
   auto r = res.wait(0);
   ASSERT_TRUE(r);
   EXPECT_EQ(r->outcome, Outcome::kRetryable);
@@ -233,7 +209,7 @@ TEST(ZmqTransportTest, PubWithoutMatchingSubscriberIsRetryableThenSucceeds) {
     // Connected, but subscribed to another topic: still nobody to deliver to.
     Receiver other(zmq::socket_type::sub, port);
     other.subscribe("other");
-    t.deliver(job("pub", tcp_uri(port), DataKind::kString, "x", 300), res.callback(1));
+    t.deliver(job("pub", tcp_uri(port), DataKind::kString, "x", 300), res.done(1));
     EXPECT_EQ(other.recv(milliseconds(500)), std::nullopt);  // lets its subscription out
     r = res.wait(1);
     ASSERT_TRUE(r);
@@ -241,7 +217,7 @@ TEST(ZmqTransportTest, PubWithoutMatchingSubscriberIsRetryableThenSucceeds) {
   }
   Receiver sub(zmq::socket_type::sub, port);
   sub.subscribe("time");  // a prefix of the topic matches too
-  t.deliver(job("pub", tcp_uri(port), DataKind::kString, "now"), res.callback(2));
+  t.deliver(job("pub", tcp_uri(port), DataKind::kString, "now"), res.done(2));
   EXPECT_EQ(sub.recv(), (Frames{"timeout", "now"}));
   r = res.wait(2);
   ASSERT_TRUE(r);
@@ -256,7 +232,7 @@ TEST(ZmqTransportTest, RecoversFromAPeerOfTheWrongSocketType) {
   ZmqTransport t(patient());
   {
     Receiver wrong(zmq::socket_type::pull, port);
-    t.deliver(job("pub", tcp_uri(port), DataKind::kString, "x", 1500), res.callback(0));
+    t.deliver(job("pub", tcp_uri(port), DataKind::kString, "x", 1500), res.done(0));
     EXPECT_EQ(wrong.recv(milliseconds(1500)), std::nullopt);  // lets the handshake run
     auto r = res.wait(0);
     ASSERT_TRUE(r);
@@ -264,7 +240,7 @@ TEST(ZmqTransportTest, RecoversFromAPeerOfTheWrongSocketType) {
   }
   Receiver sub(zmq::socket_type::sub, port);
   sub.subscribe("timeout");
-  t.deliver(job("pub", tcp_uri(port), DataKind::kString, "fixed"), res.callback(1));
+  t.deliver(job("pub", tcp_uri(port), DataKind::kString, "fixed"), res.done(1));
   EXPECT_EQ(sub.recv(), (Frames{"timeout", "fixed"}));
   auto r = res.wait(1);
   ASSERT_TRUE(r);
@@ -277,7 +253,7 @@ TEST(ZmqTransportTest, OneSocketPerDestinationIsReused) {
   ZmqTransport t(patient());
   constexpr size_t kJobs = 50;
   for (size_t i = 0; i < kJobs; ++i) {
-    t.deliver(job("push", pull.uri(), DataKind::kString, std::to_string(i)), res.callback(i));
+    t.deliver(job("push", pull.uri(), DataKind::kString, std::to_string(i)), res.done(i));
   }
   for (size_t i = 0; i < kJobs; ++i) {
     auto r = res.wait(i);
@@ -289,7 +265,7 @@ TEST(ZmqTransportTest, OneSocketPerDestinationIsReused) {
   }
   EXPECT_EQ(pull.accepted(), 1);
   // push and pub to one endpoint are different sockets (and pub finds no subscriber on a PULL).
-  t.deliver(job("pub", pull.uri(), DataKind::kString, "p", 300), res.callback(kJobs));
+  t.deliver(job("pub", pull.uri(), DataKind::kString, "p", 300), res.done(kJobs));
   auto r = res.wait(kJobs);
   ASSERT_TRUE(r);
   EXPECT_EQ(r->outcome, Outcome::kRetryable);
@@ -304,7 +280,7 @@ TEST(ZmqTransportTest, LeastRecentlyUsedSocketClosesBeyondMaxSockets) {
   ZmqTransport t(o);
   const std::string uris[] = {a.uri(), b.uri(), a.uri()};
   for (size_t i = 0; i < 3; ++i) {
-    t.deliver(job("push", uris[i], DataKind::kString, std::to_string(i)), res.callback(i));
+    t.deliver(job("push", uris[i], DataKind::kString, std::to_string(i)), res.done(i));
     auto r = res.wait(i);
     ASSERT_TRUE(r);
     EXPECT_EQ(r->outcome, Outcome::kSuccess) << r->detail;
@@ -352,18 +328,18 @@ TEST(ZmqTransportTest, StopAbortsWaitingAndQueuedJobsExactlyOnce) {
   constexpr size_t kJobs = 20;
   for (size_t i = 0; i < kJobs; ++i) {
     t.deliver(job(i % 2 ? "push" : "pub", tcp_uri(port), DataKind::kString, "x", 60'000),
-              res.callback(i));
+              res.done(i));
   }
   t.stop();
   for (size_t i = 0; i < kJobs; ++i) {
-    ASSERT_EQ(res.count(i), 1u) << i;  // stop() returns after every callback ran
+    ASSERT_EQ(res.calls(i), 1) << i;  // stop() returns after every callback ran
     EXPECT_EQ(res.wait(i)->outcome, Outcome::kAborted);
   }
-  t.deliver(job("push", tcp_uri(port)), res.callback(kJobs));
-  ASSERT_EQ(res.count(kJobs), 1u);
+  t.deliver(job("push", tcp_uri(port)), res.done(kJobs));
+  ASSERT_EQ(res.calls(kJobs), 1);
   EXPECT_EQ(res.wait(kJobs)->outcome, Outcome::kAborted);
   t.stop();  // idempotent
-  for (size_t i = 0; i <= kJobs; ++i) EXPECT_EQ(res.count(i), 1u) << i;
+  for (size_t i = 0; i <= kJobs; ++i) EXPECT_EQ(res.calls(i), 1) << i;
 }
 
 TEST(ZmqTransportTest, QueueIsBounded) {
@@ -373,13 +349,13 @@ TEST(ZmqTransportTest, QueueIsBounded) {
   Results res;
   ZmqTransport t(o);
   const std::string uri = tcp_uri(free_port());
-  t.deliver(job("push", uri, DataKind::kNone, {}, 60'000), res.callback(0));
-  t.deliver(job("push", uri, DataKind::kNone, {}, 60'000), res.callback(1));
-  t.deliver(job("push", uri, DataKind::kNone, {}, 60'000), res.callback(2));
-  ASSERT_EQ(res.count(2), 1u) << "a refused job is answered at once";
+  t.deliver(job("push", uri, DataKind::kNone, {}, 60'000), res.done(0));
+  t.deliver(job("push", uri, DataKind::kNone, {}, 60'000), res.done(1));
+  t.deliver(job("push", uri, DataKind::kNone, {}, 60'000), res.done(2));
+  ASSERT_EQ(res.calls(2), 1) << "a refused job is answered at once";
   EXPECT_EQ(res.wait(2)->outcome, Outcome::kRetryable);
   EXPECT_EQ(res.wait(2)->detail, "delivery queue full");
-  EXPECT_EQ(res.count(0), 0u);
+  EXPECT_EQ(res.calls(0), 0);
 }
 
 TEST(ZmqTransportTest, PeerThatNeverReadsFailsRetryableAndOthersStillWork) {
@@ -394,7 +370,7 @@ TEST(ZmqTransportTest, PeerThatNeverReadsFailsRetryableAndOthersStillWork) {
   size_t n = 0;
   std::optional<DeliveryResult> r;
   for (; n < 2000; ++n) {  // ~100 MB at most; loopback buffers fill after a few MB
-    t.deliver(job("push", stuck.uri(), DataKind::kString, payload, 300), res.callback(n));
+    t.deliver(job("push", stuck.uri(), DataKind::kString, payload, 300), res.done(n));
     r = res.wait(n);
     ASSERT_TRUE(r) << "attempt " << n << " hung";
     if (r->outcome != Outcome::kSuccess) break;
@@ -405,15 +381,15 @@ TEST(ZmqTransportTest, PeerThatNeverReadsFailsRetryableAndOthersStillWork) {
 
   // One more attempt waits for room (long timeout) while another destination is served.
   const size_t waiting = n + 1;
-  t.deliver(job("push", stuck.uri(), DataKind::kString, payload, 60'000), res.callback(waiting));
-  t.deliver(job("push", fine.uri(), DataKind::kString, "ok"), res.callback(waiting + 1));
+  t.deliver(job("push", stuck.uri(), DataKind::kString, payload, 60'000), res.done(waiting));
+  t.deliver(job("push", fine.uri(), DataKind::kString, "ok"), res.done(waiting + 1));
   r = res.wait(waiting + 1);
   ASSERT_TRUE(r);
   EXPECT_EQ(r->outcome, Outcome::kSuccess) << r->detail;
   EXPECT_EQ(fine.recv(), (Frames{"timeout", "ok"}));
-  EXPECT_EQ(res.count(waiting), 0u);
+  EXPECT_EQ(res.calls(waiting), 0);
   t.stop();
-  ASSERT_EQ(res.count(waiting), 1u);
+  ASSERT_EQ(res.calls(waiting), 1);
   EXPECT_EQ(res.wait(waiting)->outcome, Outcome::kAborted);
 }
 
@@ -423,7 +399,7 @@ TEST(ZmqTransportTest, ZeroSendTimeoutFailsAtOnceWhenNotReady) {
   Results res;
   ZmqTransport t(o);
   const auto start = Clock::now();
-  t.deliver(job("push", tcp_uri(free_port()), DataKind::kString, "x", 60'000), res.callback(0));
+  t.deliver(job("push", tcp_uri(free_port()), DataKind::kString, "x", 60'000), res.done(0));
   auto r = res.wait(0);
   ASSERT_TRUE(r);
   EXPECT_EQ(r->outcome, Outcome::kRetryable);
@@ -433,10 +409,10 @@ TEST(ZmqTransportTest, ZeroSendTimeoutFailsAtOnceWhenNotReady) {
 TEST(ZmqTransportTest, InvalidJobIsPermanent) {
   Results res;
   ZmqTransport t;
-  t.deliver(job("post", "tcp://127.0.0.1:1"), res.callback(0));
-  t.deliver(job("push", "http://127.0.0.1:1/"), res.callback(1));
-  ASSERT_EQ(res.count(0), 1u);
-  ASSERT_EQ(res.count(1), 1u);
+  t.deliver(job("post", "tcp://127.0.0.1:1"), res.done(0));
+  t.deliver(job("push", "http://127.0.0.1:1/"), res.done(1));
+  ASSERT_EQ(res.calls(0), 1);
+  ASSERT_EQ(res.calls(1), 1);
   EXPECT_EQ(res.wait(0)->outcome, Outcome::kPermanent);
   EXPECT_EQ(res.wait(1)->outcome, Outcome::kPermanent);
 }
