@@ -393,6 +393,20 @@ class NatsTransportTest(SkyringTestCase):
 
     # ---------------------------------------------------------------- crash
 
+    def restart_and_expect_delivery(self, node, srv, subject, tid, payload):
+        """After a kill -9: NATS up, a subscriber on `subject`, the node restarted on its data
+        dir; the timer `tid` is delivered with `payload` and ends succeeded. Returns the
+        subscriber."""
+        srv.start()
+        sub = self.subscribe(srv, subject)
+        node.start()
+        c = node.client()
+        got = sub.wait(1, timeout=30)
+        self.assertEqual(got[0].payload, payload)
+        self.assertEqual(got[0].headers["Skyring-Timer-Id"], tid)
+        self.wait_state(tid, "succeeded", client=c)
+        return sub
+
     def test_kill9_while_retrying_then_delivered_after_restart(self):
         srv = self.server(start=False)
         node = self.start_node()
@@ -402,14 +416,7 @@ class NatsTransportTest(SkyringTestCase):
         wait_until(lambda: (c.timer(tid) or {}).get("attempts", 0) >= 2, 30,
                    msg="retried while the server is down")
         node.kill()
-        srv.start()
-        sub = self.subscribe(srv, "crash.x")
-        node.start()
-        c = node.client()
-        got = sub.wait(1, timeout=30)
-        self.assertEqual(got[0].payload, b"survives")
-        self.assertEqual(got[0].headers["Skyring-Timer-Id"], tid)
-        self.wait_state(tid, "succeeded", client=c)
+        self.restart_and_expect_delivery(node, srv, "crash.x", tid, b"survives")
 
     def test_kill9_during_a_publish_then_delivered_after_restart(self):
         # A listener that accepts and never speaks NATS: the node's connect waits for the
@@ -453,14 +460,7 @@ class NatsTransportTest(SkyringTestCase):
                    msg="an attempt in flight against the silent listener")
         node.kill()
         close_hole()
-        srv.start()
-        sub = self.subscribe(srv, "crash.y")
-        node.start()
-        c = node.client()
-        got = sub.wait(1, timeout=30)
-        self.assertEqual(got[0].payload, b"in flight")
-        self.assertEqual(got[0].headers["Skyring-Timer-Id"], tid)
-        self.wait_state(tid, "succeeded", client=c)
+        sub = self.restart_and_expect_delivery(node, srv, "crash.y", tid, b"in flight")
         self.assertEqual(len(sub.for_subject("crash.y")), 1)
 
 
