@@ -11,6 +11,8 @@
 #include <toml++/toml.h>
 #include <CLI/CLI.hpp>
 
+#include "base/ascii.h"
+
 namespace skyring {
 namespace {
 
@@ -80,11 +82,7 @@ std::function<Result<void>(Config&, const std::string&)> choice_field(
 }
 
 bool valid_port(std::string_view p) {
-  if (p.empty() || p.size() > 5) return false;
-  if (!std::all_of(p.begin(), p.end(), [](char ch) { return ch >= '0' && ch <= '9'; }))
-    return false;
-  int n = std::stoi(std::string(p));
-  return n >= 1 && n <= 65535;
+  return parse_port(p).has_value();
 }
 
 // host:port, host[:port] with an optional scheme and user info for NATS; the host is a name,

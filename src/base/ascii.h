@@ -1,7 +1,9 @@
-// ASCII case helpers for protocol tokens (URI schemes, hosts, methods, header names): locale-free,
-// only A-Z change.
+// ASCII helpers for protocol tokens (URI schemes, hosts, methods, header names, ports):
+// locale-free; the case helpers change only A-Z.
 #pragma once
 
+#include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -24,6 +26,18 @@ inline bool iequals(std::string_view a, std::string_view b) {
     if (ascii_lower(a[i]) != ascii_lower(b[i])) return false;
   }
   return true;
+}
+
+// A port as written in a URI or host:port: decimal digits only, 1-65535.
+inline std::optional<uint16_t> parse_port(std::string_view digits) {
+  if (digits.empty() || digits.size() > 5) return std::nullopt;
+  uint32_t n = 0;
+  for (char c : digits) {
+    if (c < '0' || c > '9') return std::nullopt;
+    n = n * 10 + static_cast<uint32_t>(c - '0');
+  }
+  if (n == 0 || n > 65535) return std::nullopt;
+  return static_cast<uint16_t>(n);
 }
 
 }  // namespace skyring

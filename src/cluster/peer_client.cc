@@ -38,6 +38,7 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 
+#include "base/ascii.h"
 #include "base/clock.h"
 #include "base/log.h"
 #include "base/result.h"
@@ -101,10 +102,7 @@ bool split_address(const std::string& address, std::string* host, std::string* p
   } else if (h.find(':') != std::string::npos) {
     return false;  // a bare IPv6 literal is ambiguous
   }
-  if (p.size() > 5 || !std::all_of(p.begin(), p.end(), [](char c) { return c >= '0' && c <= '9'; }))
-    return false;
-  int n = std::stoi(p);
-  if (n < 1 || n > 65535) return false;
+  if (!parse_port(p)) return false;
   *host = std::move(h);
   *port = std::move(p);
   return true;

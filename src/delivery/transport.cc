@@ -16,17 +16,6 @@ void call_done(std::string_view transport, DeliveryDone& done, DeliveryResult re
   }
 }
 
-std::optional<uint16_t> parse_port(std::string_view digits) {
-  if (digits.empty() || digits.size() > 5) return std::nullopt;
-  uint32_t n = 0;
-  for (char c : digits) {
-    if (c < '0' || c > '9') return std::nullopt;
-    n = n * 10 + static_cast<uint32_t>(c - '0');
-  }
-  if (n == 0 || n > 65535) return std::nullopt;
-  return static_cast<uint16_t>(n);
-}
-
 void TransportRegistry::add(std::unique_ptr<Transport> t) {
   std::string name(t->name());
   SKYRING_ASSERT(by_name_.find(name) == by_name_.end(), "transport registered twice");

@@ -21,7 +21,6 @@
 #include <functional>
 #include <map>
 #include <memory>
-#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -61,9 +60,6 @@ using DeliveryDone = std::function<void(DeliveryResult)>;
 // Completes a job. `done` belongs to the caller: one that throws is logged (naming `transport`)
 // and swallowed, so that it cannot take a transport's thread, or a plugin's, down.
 void call_done(std::string_view transport, DeliveryDone& done, DeliveryResult result) noexcept;
-
-// The port of a URI: decimal digits only, 1-65535.
-std::optional<uint16_t> parse_port(std::string_view digits);
 
 class Transport {
  public:
