@@ -14,7 +14,12 @@ namespace skyring::cluster {
 namespace {
 
 constexpr std::string_view kMagic = "SKM1";
-constexpr std::string_view kMoveHeader = "x-skyring-move";  // "refused": nothing was stored
+// x-skyring-move on a refusal: "refused" — nothing of this request was stored (it says nothing
+// of an earlier send of the same token); "not-held" — nothing under this token is stored here,
+// nor will be (a leaving node that checked its receipts).
+constexpr std::string_view kMoveHeader = "x-skyring-move";
+constexpr std::string_view kRefused = "refused";
+constexpr std::string_view kNotHeld = "not-held";
 
 RouteResponse json_answer(int status, std::string body) {
   RouteResponse r;
@@ -23,12 +28,13 @@ RouteResponse json_answer(int status, std::string body) {
   return r;
 }
 
-RouteResponse error_answer(int status, std::string_view message, bool refused) {
+// `move`: the x-skyring-move value, or empty for none.
+RouteResponse error_answer(int status, std::string_view message, std::string_view move) {
   ErrorReply e = error_reply(message);
   RouteResponse r = json_answer(status, std::move(e.body));
   r.headers.emplace_back("x-skyring-reason", std::move(e.reason));
   if (status == 503) r.headers.emplace_back("Retry-After", "1");
-  if (refused) r.headers.emplace_back(std::string(kMoveHeader), "refused");
+  if (!move.empty()) r.headers.emplace_back(std::string(kMoveHeader), std::string(move));
   return r;
 }
 
@@ -274,6 +280,7 @@ void Mover::start_batch(std::string dest, std::vector<std::string> ids, std::str
   b->dest = dest;
   b->token = token;
   b->retry_ms = options_.retry_min_ms;
+  b->maybe_stored = resend;  // marks found at recovery: sent before the stop, perhaps
   auto resend_ids = std::make_shared<std::vector<std::string>>();
   if (resend) *resend_ids = ids;
   engine_.begin_move(
@@ -355,7 +362,7 @@ void Mover::send(std::shared_ptr<Batch> b) {
   const MemberInfo* m = membership_.find(b->dest);
   if (m == nullptr) {
     --inflight_;
-    if (!b->sent) {
+    if (!b->maybe_stored) {
       // Gone before anything was sent: certainly not stored there. The timers are owed here
       // again and go to their current owner at the next pass.
       rescan_ = true;
@@ -363,8 +370,8 @@ void Mover::send(std::shared_ptr<Batch> b) {
       end(std::move(b), {}, std::move(ids));
       return;
     }
-    // Sent before, outcome unknown: the marks stay until the destination is back
-    // (docs/cluster.md, "Moves").
+    // Sent before (or found at recovery), outcome unknown: the marks stay until the
+    // destination is back (docs/cluster.md, "Moves").
     retry_later(std::move(b), "destination is not a reachable member");
     return;
   }
@@ -377,7 +384,6 @@ void Mover::send(std::shared_ptr<Batch> b) {
   req.body = b->body;
   req.timeout_ms = options_.send_timeout_ms;
   batches_out_.inc();
-  b->sent = true;
   peers_.send(std::move(req), [this, alive = alive_, b](PeerResponse resp) mutable {
     executor_.post([this, alive, b = std::move(b), resp = std::move(resp)]() mutable {
       if (!*alive) return;
@@ -419,13 +425,23 @@ void Mover::on_answer(std::shared_ptr<Batch> b, PeerResponse resp) {
   }
   bool refused = resp.kind == Kind::kNotSent || resp.kind == Kind::kRefused ||
                  (resp.kind == Kind::kAnswered && resp.status >= 400 && resp.status < 500);
+  bool not_held = false;
   if (resp.kind == Kind::kAnswered) {
     for (const auto& [name, value] : resp.headers) {
-      if (iequals(name, kMoveHeader) && value == "refused") {
-        refused = true;
-      }
+      if (!iequals(name, kMoveHeader)) continue;
+      if (value == kRefused) refused = true;
+      if (value == kNotHeld) not_held = true;
     }
   }
+  if (refused && !not_held && b->maybe_stored) {
+    // This send was not taken, but an earlier one of the same token may have been stored
+    // there: only an answer that knows the token (200, or "not-held") ends the move.
+    retry_later(std::move(b), resp.kind == Kind::kAnswered
+                                  ? fmt::format("status {} to a resend", resp.status)
+                                  : resp.error + " (a resend)");
+    return;
+  }
+  refused = refused || not_held;
   if (refused) {
     refused_.inc();
     if (uint64_t dropped = 0; log_.allow(&dropped)) {
@@ -464,6 +480,7 @@ void Mover::back_off_passes() {
 
 void Mover::retry_later(std::shared_ptr<Batch> b, const std::string& why) {
   unknown_.inc();
+  b->maybe_stored = true;
   if (uint64_t dropped = 0; log_.allow(&dropped)) {
     log::warn("move of {} timers to {}: outcome unknown ({}); resending in {} ms{}", b->ids.size(),
               b->dest, why, b->retry_ms, log::Limiter::note(dropped));
@@ -476,31 +493,47 @@ void Mover::retry_later(std::shared_ptr<Batch> b, const std::string& why) {
 
 void Mover::receive_moves(std::string_view body, std::function<void(RouteResponse)> done) {
   std::string_view in = body;
-  if (!in.starts_with(kMagic)) return done(error_answer(400, "not a move batch", true));
+  if (!in.starts_with(kMagic)) return done(error_answer(400, "not a move batch", kRefused));
   in.remove_prefix(kMagic.size());
   uint32_t token_len = 0;
   if (!get_u32(in, &token_len) || token_len == 0 || token_len > 256 || in.size() < token_len) {
-    return done(error_answer(400, "move batch: bad token", true));
+    return done(error_answer(400, "move batch: bad token", kRefused));
   }
   std::string token(in.substr(0, token_len));
   in.remove_prefix(token_len);
   uint32_t count = 0;
   if (!get_u32(in, &count) || count > options_.max_batch_records_in) {
-    return done(error_answer(400, "move batch: bad record count", true));
+    return done(error_answer(400, "move batch: bad record count", kRefused));
   }
   std::vector<TimerRecord> records;
   records.reserve(std::min<size_t>(count, 4096));
   for (uint32_t i = 0; i < count; ++i) {
     uint32_t len = 0;
     if (!get_u32(in, &len) || in.size() < len) {
-      return done(error_answer(400, "move batch: truncated", true));
+      return done(error_answer(400, "move batch: truncated", kRefused));
     }
     auto r = decode_record(in.substr(0, len));
-    if (!r) return done(error_answer(400, "move batch: " + r.error().message, true));
+    if (!r) return done(error_answer(400, "move batch: " + r.error().message, kRefused));
     in.remove_prefix(len);
     records.push_back(std::move(*r));
   }
-  if (!in.empty()) return done(error_answer(400, "move batch: trailing bytes", true));
+  if (!in.empty()) return done(error_answer(400, "move batch: trailing bytes", kRefused));
+  // A leaving node stores no new move: what it stored before it began leaving, its handoff
+  // takes on; what came after would stay behind once it exits. So a first send is refused
+  // for sure ("not-held": the sender may re-plan), and only a resend of a move stored here
+  // earlier (a receipt of its token) goes on to import(), which answers it as a duplicate.
+  if (const MemberInfo* me = membership_.find(options_.self_id); me != nullptr && me->leaving) {
+    bool held = false;
+    for (const TimerRecord& r : records) {
+      auto seen = engine_.has_move_receipt(r.id, token);
+      if (!seen) return done(error_answer(503, seen.error().message, ""));
+      held = held || *seen;
+    }
+    if (!held) {
+      return done(
+          error_answer(503, "this node is leaving the ring and takes no new moves", kNotHeld));
+    }
+  }
   // Timers this node does not own under its own view (views differ, or it is leaving) must
   // move on: only then is another pass needed before this node may report settled.
   std::string dest;
@@ -513,7 +546,7 @@ void Mover::receive_moves(std::string_view body, std::function<void(RouteRespons
                      // Refused before anything was written (admission), or storage failed: only the
                      // former is a sure "not stored".
                      bool sure = r.error().code == Errc::kOverloaded;
-                     return done(error_answer(503, r.error().message, sure));
+                     return done(error_answer(503, r.error().message, sure ? kRefused : ""));
                    }
                    std::string letters;
                    letters.reserve(r->size());

@@ -14,7 +14,13 @@
 //      Anything else (connection broken after sending, a timeout, another status): unknown →
 //      the marks stay and the same batch (same token) is sent again, with backoff, until the
 //      destination answers. The receiver's receipt of the token makes that resend a no-op.
+//      A resend (and a batch of marks found at recovery) may find the first send stored, so
+//      a refusal of it ends nothing: only a 200, or 503 with x-skyring-move: not-held (the
+//      receiver checked it has no receipt of the token), ends that move.
 //   Marks found at recovery are resent the same way (start()).
+// Receiving while leaving: a batch none of whose records has a receipt here is answered
+// 503 not-held (a leaving node stores no new move: its handoff could miss it); a resend of
+// a batch stored earlier is answered as usual (duplicates).
 // Scanning: after a ring change, and every rescan_ms, a pass visits the waiting timers (the
 // engine's slots, in chunks of scan_chunk per turn of the loop) and then the final records
 // (storage's s/ index) and queues the ids whose owner is another reachable member. A pass
@@ -26,7 +32,8 @@
 // Wire format (POST /cluster/moves, application/octet-stream): "SKM1", u32le token length,
 // token, u32le count, then per record u32le length + the record as stored
 // (model/codec.h, checksummed). Answer: 200 {"outcomes":"SDKR..."} (stored, duplicate, kept
-// local, rejected; one letter per record in order).
+// local, rejected; one letter per record in order); a refusal carries x-skyring-move: refused
+// (this request stored nothing) or not-held (nothing under this token is stored here).
 #pragma once
 
 #include <cstdint>
@@ -93,8 +100,11 @@ class Mover final : public MoveSink {
     std::string dest;
     std::string token;
     std::vector<std::string> ids;
-    std::string body;   // empty until begun
-    bool sent = false;  // handed to the peer client at least once
+    std::string body;  // empty until begun
+    // An earlier send's outcome is unknown, or the marks were found at recovery: the
+    // destination may hold the records already, so only an answer that knows the token ends
+    // the move (a 200, or a "not-held" refusal).
+    bool maybe_stored = false;
     int64_t retry_ms = 0;
     int64_t next_try_us = 0;  // monotonic
   };

@@ -47,6 +47,7 @@
 #include <optional>
 #include <random>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <unordered_set>
 #include <vector>
@@ -212,6 +213,10 @@ class TimerEngine {
   // Ids of final (retention) records in `state` after `cursor`, at most `limit` (id order).
   Result<std::vector<std::string>> final_ids(State state, const std::string& cursor, size_t limit);
   size_t moving_count() const { return moving_.size(); }
+  // Whether a move of `id` under `token` was stored here (its receipt, as import() checks it).
+  Result<bool> has_move_receipt(std::string_view id, std::string_view token) {
+    return store_.has_receipt(id, token);
+  }
   bool moving_under(const std::string& id, const std::string& token) const {
     auto it = moving_.find(id);
     return it != moving_.end() && it->second.token == token;

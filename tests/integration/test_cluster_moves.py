@@ -11,8 +11,11 @@ Each test starts its own nats-server and nodes (ports and data dirs of its own).
 """
 
 import collections
+import json
 import random
 import signal
+import socket
+import struct
 import threading
 import time
 import unittest
@@ -450,6 +453,170 @@ class ClusterMovesTest(ClusterTestCase):
             self.assertEqual((t["state"], t["due"]), ("pending", at), t)
         self.assertLess(now_ms(), due - 1000, "two handoffs of 60 timers took over 24 s")
         check_exactly_once(self, rec, path, ledger, timeout=60, late_margin_ms=5000)
+
+    # ------------------------------------------------------- moves a node may or may not hold
+
+    def move_batch(self, token, count=0):
+        """A POST /cluster/moves body with no records: what the receiver says of the token."""
+        return b"SKM1" + struct.pack("<I", len(token)) + token.encode() + struct.pack("<I", count)
+
+    def test_a_leaving_node_takes_no_new_moves(self):
+        """Whatever a leaving node stored, its handoff takes on; a move that came after would
+        stay behind in its data dir. So it refuses new moves for sure ("not-held"), and the
+        sender plans them again instead of waiting for a node that is gone."""
+        cluster = self.start_cluster(2)
+        a, b = cluster.node("node-1"), cluster.node("node-2")
+        c = Client(a.port, timeout=30)
+        ids = ["lv-%02d" % i for i in range(40)]
+        for tid in ids:
+            r = c.create(timer_body("http://127.0.0.1:9/never", timeout=3600_000), timer_id=tid)
+            self.assertEqual(r.status, 201, r)
+        hdrs = {"Content-Type": "application/octet-stream", "x-skyring-cluster": cluster.name}
+        r = c.post("/cluster/moves", self.move_batch("tok-active"), headers=hdrs)
+        self.assertEqual((r.status, json.loads(r.body)), (200, {"outcomes": ""}), r)
+        c.close()
+        held = cluster.metric(a, "skyring_timers_pending")
+        self.assertGreater(held, 0)
+        # node-2 frozen: node-1's handoff cannot end, so node-1 stays in the leaving state.
+        b.proc.send_signal(signal.SIGSTOP)
+        resumed = [False]
+
+        def resume():
+            if not resumed[0]:
+                resumed[0] = True
+                b.proc.send_signal(signal.SIGCONT)
+        self.addCleanup(resume)
+        stop_error = []
+
+        def stop_a():
+            try:
+                a.stop(timeout=STOP_BOUND)
+            except BaseException as e:  # reported by the main thread
+                stop_error.append(e)
+        stopper = threading.Thread(target=stop_a, daemon=True)
+        stopper.start()
+
+        def leaving():
+            info = cluster.info(a)
+            return info is not None and any(
+                m["id"] == "node-1" and m["state"] == "leaving" for m in info["members"])
+        wait_until(leaving, 30, interval=0.05, msg="node-1 leaving")
+        c = Client(a.port, timeout=30)
+        r = c.post("/cluster/moves", self.move_batch("tok-leaving"), headers=hdrs)
+        c.close()
+        self.assertEqual(r.status, 503, r)
+        self.assertEqual(r.header("x-skyring-move"), "not-held", r)
+        self.assertIn("x-skyring-reason", r.headers)
+        resume()
+        stopper.join(STOP_BOUND + 10)
+        self.assertFalse(stopper.is_alive(), "node-1 did not stop")
+        self.assertEqual(stop_error, [])
+        cluster.wait_converged(["node-2"])
+        self.assertEqual(list_ids(b, prefix="lv-"), set(ids))
+
+    def test_a_refused_resend_keeps_the_move_open(self):
+        """A move whose first send had no answer may be stored at the destination already: a
+        refusal of a resend ("refused", not "not-held") or a connect error says nothing of the
+        first send, so the marks stay and the same token goes again until an answer that
+        knows it. (The node used to end the move on such a refusal and plan the timers anew
+        under a new token: two holders if the first send had been stored.)"""
+        cluster = self.start_cluster(1)
+        a = cluster.node("node-1")
+        c = Client(a.port, timeout=30)
+        ids = ["rs-%02d" % i for i in range(40)]
+        for tid in ids:
+            r = c.create(timer_body("http://127.0.0.1:9/never", timeout=3600_000), timer_id=tid)
+            self.assertEqual(r.status, 201, r)
+        c.close()
+        # A member that is a test server: no answer to the first send, two plain refusals
+        # ("refused") of the resends, then 200 with every record stored.
+        srv = socket.socket()
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(16)
+        srv.settimeout(0.2)
+        port = srv.getsockname()[1]
+        seen = []  # (token, record count) per request
+        done = threading.Event()
+
+        def read_request(conn):
+            data = b""
+            while b"\r\n\r\n" not in data and len(data) < 1 << 20:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return None
+                data += chunk
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                k, _, v = line.partition(b":")
+                if k.strip().lower() == b"content-length":
+                    length = int(v.strip())
+            while len(body) < length:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return None
+                body += chunk
+            (n,) = struct.unpack_from("<I", body, 4)
+            token = body[8:8 + n].decode()
+            (count,) = struct.unpack_from("<I", body, 8 + n)
+            return token, count
+
+        def serve():
+            deadline = time.monotonic() + 60
+            while not done.is_set() and time.monotonic() < deadline:
+                try:
+                    conn, _ = srv.accept()
+                except socket.timeout:
+                    continue
+                conn.settimeout(10)
+                with conn:
+                    while True:
+                        try:
+                            req = read_request(conn)
+                        except OSError:
+                            break
+                        if req is None:
+                            break
+                        seen.append(req)
+                        if len(seen) == 1:
+                            break  # no answer: the outcome is unknown
+                        if len(seen) <= 3:
+                            body = b'{"error":"busy","reason":"test"}'
+                            conn.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: "
+                                         b"application/json\r\nx-skyring-move: refused\r\n"
+                                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+                            continue
+                        body = json.dumps({"outcomes": "S" * req[1]}, separators=(",", ":"))
+                        body = body.encode()
+                        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        server = threading.Thread(target=serve, daemon=True)
+        server.start()
+        nats = cluster.subscribe(subjects=())
+        beat = {"v": 1, "type": "heartbeat", "id": "test-member", "state": "active",
+                "address": "127.0.0.1:%d" % port, "incarnation": 1, "settled": "0"}
+
+        def heartbeats():
+            while not done.is_set():
+                nats.publish("skyring.%s.members" % cluster.name, json.dumps(beat))
+                done.wait(0.3)
+        beater = threading.Thread(target=heartbeats, daemon=True)
+        beater.start()
+
+        def stop_all():
+            done.set()
+            beater.join(5)
+            server.join(5)
+            srv.close()
+        self.addCleanup(stop_all)
+        wait_until(lambda: len(seen) >= 4 and cluster.metric(a, "skyring_cluster_moving") == 0,
+                   30, interval=0.05, msg="the move to the test member ended")
+        self.assertEqual(len({t for t, _ in seen}), 1, "the move was planned anew: %r" % seen)
+        moved = seen[-1][1]
+        self.assertGreater(moved, 0)
+        wait_until(lambda: cluster.metric(a, "skyring_timers_pending") == len(ids) - moved, 10,
+                   interval=0.05, msg="node-1 deleted what the test member stored")
+        self.assertGreaterEqual(cluster.metric(a, "skyring_cluster_move_unknown_total"), 3)
 
 
 if __name__ == "__main__":
