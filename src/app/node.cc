@@ -416,10 +416,13 @@ int run_node(const Config& config) {
     // Attempts that ended during the drain left final records: they move too.
     if (handed_over && !cl.membership->ring().empty()) {
       cl.mover->ring_changed();
-      loop.run_until([&] { return cl.mover->settled() && engine.moving_count() == 0; }, 10000);
+      handed_over =
+          loop.run_until([&] { return cl.mover->settled() && engine.moving_count() == 0; }, 10000);
     }
     purger.stop();  // its "purge" events go through the bus
-    cl.membership->gone();
+    // handed_over: nothing is left here, and a leaving node stores no new move (Mover), so a
+    // move to this node whose outcome its sender does not know may go to the new owners.
+    cl.membership->gone(handed_over);
     cl.events->node_event("shutdown");
     cl.peers->stop();
     loop.run_until([&] { return cl.peers->idle(); }, 2000);

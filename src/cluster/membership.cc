@@ -37,7 +37,8 @@ const json::string* string_field(const json::object& o, std::string_view key, si
 }  // namespace
 
 struct Membership::Message {
-  std::string type;  // hello, heartbeat, leave, gone
+  std::string type;          // hello, heartbeat, leave, gone
+  bool handed_over = false;  // gone: every timer and receipt-held move went to new owners
   std::string id;
   std::string address;
   bool leaving = false;
@@ -183,7 +184,12 @@ void Membership::handle(std::string_view data) {
   } else {
     return bad("bad incarnation");
   }
-  if (m.type != "gone") {
+  if (m.type == "gone") {
+    if (const json::value* h = o->if_contains("handed_over")) {
+      if (!h->is_bool()) return bad("bad handed_over");
+      m.handed_over = h->as_bool();
+    }
+  } else {
     const json::string* address = string_field(*o, "address", kMaxAddressBytes);
     if (address == nullptr) return bad("no address");
     m.address = std::string(*address);
@@ -221,13 +227,15 @@ void Membership::apply(const Message& m, int64_t now_us) {
   auto it = others_.find(m.id);
   if (it != others_.end() && m.incarnation < it->second.incarnation) return;  // a past life
   if (m.type == "gone") {
+    if (m.handed_over) remember_handed_over(m.id);
     if (it != others_.end()) {
-      log::info("member {} left", m.id);
+      log::info("member {} left{}", m.id, m.handed_over ? " (handoff complete)" : "");
       others_.erase(it);
       rebuild_ring();
     }
     return;
   }
+  forget_handed_over(m.id);  // back (or never gone): it may hold anything again
   if (started_ && !ring_known_ && first_answer_us_ == 0) {
     first_answer_us_ = now_us;
     log::info("membership: first answer from {}", m.id);
@@ -264,7 +272,24 @@ void Membership::apply(const Message& m, int64_t now_us) {
   if (m.type == "hello" && started_) publish("heartbeat");  // the joiner's snapshot
 }
 
-void Membership::publish(std::string_view type) {
+void Membership::remember_handed_over(const std::string& id) {
+  if (handed_over_.insert(id).second) handed_over_order_.push_back(id);
+  while (handed_over_order_.size() > options_.max_members) {
+    handed_over_.erase(handed_over_order_.front());
+    handed_over_order_.pop_front();
+  }
+}
+
+void Membership::forget_handed_over(const std::string& id) {
+  if (handed_over_.erase(id) == 0) return;
+  handed_over_order_.erase(std::find(handed_over_order_.begin(), handed_over_order_.end(), id));
+}
+
+bool Membership::left_after_handoff(std::string_view id) const {
+  return handed_over_.count(std::string(id)) != 0;
+}
+
+void Membership::publish(std::string_view type, bool handed_over) {
   json::object o;
   o["v"] = 1;
   o["type"] = type;
@@ -273,6 +298,7 @@ void Membership::publish(std::string_view type) {
   o["state"] = self_.leaving ? "leaving" : self_.joining ? "joining" : "active";
   o["incarnation"] = self_.incarnation;
   o["settled"] = hex(self_.settled);
+  if (type == "gone") o["handed_over"] = handed_over;
   bus_.publish(subject_, json::serialize(o), NatsBus::Send::kAtOnce);
   if (type != "gone" && type != "leave") last_heartbeat_us_ = monotonic_us();
 }
@@ -340,9 +366,9 @@ void Membership::leave() {
   rebuild_ring();
 }
 
-void Membership::gone() {
+void Membership::gone(bool handed_over) {
   if (gone_) return;
-  publish("gone");
+  publish("gone", handed_over);
   gone_ = true;
 }
 

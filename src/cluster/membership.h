@@ -3,6 +3,7 @@
 // Protocol (core NATS, subject "skyring.<cluster>.members", one JSON object per message):
 //   {"v":1,"type":"hello"|"heartbeat"|"leave"|"gone","id":..,"address":"host:port",
 //    "state":"joining"|"active"|"leaving","incarnation":N,"settled":"<hex ring fingerprint>"}
+//   ("gone" also carries "handed_over":true|false; absent means false.)
 //   * A node is "joining" until it knows the ring (300 ms after the first answer to its hello,
 //     or discovery_ms): reachable but in nobody's ring, itself included, so it forwards
 //     everything and no timer moves to it before it sees the whole membership. Then it
@@ -42,6 +43,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -106,8 +108,13 @@ class Membership {
 
   // This node stops owning anything: out of every ring at once, still reachable.
   void leave();
-  // Last message before exit: everybody forgets this node at once.
-  void gone();
+  // Last message before exit: everybody forgets this node at once. `handed_over`: since
+  // leave() this node stored no new move and its handoff ended with nothing left here, so
+  // whatever a move sent to it had stored now lives with the timers' owners.
+  void gone(bool handed_over);
+  // A member whose "gone" said handed_over (until that id is heard from again; at most
+  // max_members remembered): a move to it whose outcome is unknown may go to the new owners.
+  bool left_after_handoff(std::string_view id) const;
   void set_settled(uint64_t fingerprint);
   // Every reachable member reports settled on the current ring.
   bool settled_everywhere() const;
@@ -121,7 +128,9 @@ class Membership {
   void handle(std::string_view data);
   void apply(const Message& m, int64_t now_us);
   void on_connection(bool connected);
-  void publish(std::string_view type);
+  void publish(std::string_view type, bool handed_over = false);
+  void remember_handed_over(const std::string& id);
+  void forget_handed_over(const std::string& id);
   void expire(int64_t now_us);
   void rebuild_ring();
   void maybe_clear_history();
@@ -133,7 +142,9 @@ class Membership {
   const std::string subject_;
   MemberInfo self_;
   std::map<std::string, MemberInfo, std::less<>> others_;  // reachable members except self
-  std::deque<Ring> history_;     // earlier rings, newest first, at most max_history
+  std::deque<Ring> history_;                   // earlier rings, newest first, at most max_history
+  std::set<std::string> handed_over_;          // left_after_handoff()
+  std::deque<std::string> handed_over_order_;  // oldest first, at most max_members
   Ring without_self_;            // the active members but this node: previous_owners() asks it
   int64_t first_answer_us_ = 0;  // monotonic time of the first message from another member
   bool started_ = false;

@@ -196,13 +196,16 @@ TEST_F(MembershipTest, LeaveTakesANodeOutAtOnceGoneForgetsIt) {
   ASSERT_TRUE(run_until(all, [&] { return a->membership->settled_everywhere(); }));
   EXPECT_TRUE(a->membership->previous_owners(id).empty());
 
-  c->membership->gone();
+  c->membership->gone(true);
   start = Clock_::now();
   ASSERT_TRUE(run_until(all, [&] {
     return a->membership->find("c") == nullptr && b->membership->find("c") == nullptr;
   }));
   EXPECT_LT(ms_since(start), 1000);
   EXPECT_EQ(metric(a->metrics, "skyring_cluster_members"), 2);
+  // Its handoff ended: a move to it with an unknown outcome may go to the new owners.
+  EXPECT_TRUE(a->membership->left_after_handoff("c"));
+  EXPECT_FALSE(a->membership->left_after_handoff("b"));
 }
 
 TEST_F(MembershipTest, SilentMemberIsDroppedAfterTheTimeout) {
@@ -217,6 +220,7 @@ TEST_F(MembershipTest, SilentMemberIsDroppedAfterTheTimeout) {
   }));
   EXPECT_GE(ms_since(start), 400);  // timeout 600 ms, last heartbeat <= 100 ms before the crash
   EXPECT_TRUE(all_agree(all, 2));
+  EXPECT_FALSE(a->membership->left_after_handoff("c"));  // a crash says nothing of its moves
 }
 
 TEST_F(MembershipTest, NatsOutageDropsNobody) {
@@ -271,6 +275,7 @@ TEST_F(MembershipTest, GarbageIsIgnoredAndCounted) {
       R"({"v":1,"type":"heartbeat","id":"x","address":"h:1","incarnation":1,"settled":"zz"})",
       R"({"v":1,"type":"heartbeat","id":"x","address":"h:1","incarnation":1,"state":"odd"})",
       R"({"v":1,"type":"heartbeat","id":"x","address":"h:1","incarnation":1.5})",
+      R"({"v":1,"type":"gone","id":"x","incarnation":1,"handed_over":"yes"})",
       std::string(200, '[') + std::string(200, ']'),
       std::string("{\"v\":1,\"type\":\"hello\",\"id\":\"\xff\xfe\"", 31),
       std::string(5000, 'x'),
@@ -311,7 +316,7 @@ TEST_F(MembershipTest, NewerIncarnationReplacesAnOlderOne) {
   hb(2, "new:1");
   hb(1, "old:1");  // a past life: ignored
   hb(2, "new:1");
-  (*raw)->publish(subject, R"({"v":1,"type":"gone","id":"x","incarnation":1})",
+  (*raw)->publish(subject, R"({"v":1,"type":"gone","id":"x","incarnation":1,"handed_over":true})",
                   NatsBus::Send::kAtOnce);  // stale gone
   (*raw)->publish(subject,
                   R"({"v":1,"type":"heartbeat","id":"marker","address":"m:1",)"
@@ -324,6 +329,15 @@ TEST_F(MembershipTest, NewerIncarnationReplacesAnOlderOne) {
   hb(3, "newer:1");
   ASSERT_TRUE(run_until({a.get()}, [&] { return a->membership->find("x")->incarnation == 3; }));
   EXPECT_EQ(a->membership->ring().find("x")->address, "newer:1");
+  EXPECT_FALSE(a->membership->left_after_handoff("x"));  // the stale gone said nothing
+  // Gone after a complete handoff, then back: it may hold anything again.
+  (*raw)->publish(subject, R"({"v":1,"type":"gone","id":"x","incarnation":3,"handed_over":true})",
+                  NatsBus::Send::kAtOnce);
+  ASSERT_TRUE(run_until({a.get()}, [&] { return a->membership->find("x") == nullptr; }));
+  EXPECT_TRUE(a->membership->left_after_handoff("x"));
+  hb(4, "again:1");
+  ASSERT_TRUE(run_until({a.get()}, [&] { return a->membership->find("x") != nullptr; }));
+  EXPECT_FALSE(a->membership->left_after_handoff("x"));
   (*raw)->stop();
 }
 

@@ -370,6 +370,7 @@ void Mover::send(std::shared_ptr<Batch> b) {
       end(std::move(b), {}, std::move(ids));
       return;
     }
+    if (membership_.left_after_handoff(b->dest)) return redirect(std::move(b));
     // Sent before (or found at recovery), outcome unknown: the marks stay until the
     // destination is back (docs/cluster.md, "Moves").
     retry_later(std::move(b), "destination is not a reachable member");
@@ -469,6 +470,46 @@ void Mover::end(std::shared_ptr<Batch> b, std::vector<std::string> delivered,
   if (!kept.empty()) engine_.end_move(kept, b->token, false, finish);
   if (!delivered.empty()) engine_.end_move(delivered, b->token, true, finish);
   if (kept.empty() && delivered.empty()) schedule_pump();
+}
+
+void Mover::redirect(std::shared_ptr<Batch> b) {
+  // The destination left after a complete handoff and stored no move once it began leaving:
+  // whatever this batch stored there went on to the timers' owners. So the same batch (same
+  // token, marks kept) goes to the owners now: one that holds a timer already answers "kept
+  // local" and the copy here is deleted; one that does not stores it. Ids this node owns now
+  // came back here if they had been stored there (replacing the marked copy), so a mark still
+  // under this token means they were not: they stay here. Never unmarked before the owner
+  // answered, so never fired twice.
+  std::map<std::string, std::vector<std::string>> by_dest;
+  std::vector<std::string> here;
+  for (std::string& id : b->ids) {
+    std::string dest;
+    if (foreign(id, &dest)) {
+      by_dest[dest].push_back(std::move(id));
+    } else {
+      here.push_back(std::move(id));
+    }
+  }
+  if (uint64_t dropped = 0; log_.allow(&dropped)) {
+    log::info(
+        "move to {} (left after its handoff) had an unknown outcome: {} timers go to {} "
+        "other owner(s), {} stay here{}",
+        b->dest, b->ids.size() - here.size(), by_dest.size(), here.size(),
+        log::Limiter::note(dropped));
+  }
+  for (auto& [dest, ids] : by_dest) {
+    auto again = std::make_shared<Batch>();
+    again->dest = dest;
+    again->token = b->token;
+    again->ids = std::move(ids);
+    again->maybe_stored = true;
+    again->retry_ms = options_.retry_min_ms;
+    again->next_try_us = monotonic_us();  // body empty: tick() reads the records again
+    retrying_.push_back(std::move(again));
+  }
+  unresolved_.set(static_cast<int64_t>(retrying_.size()));
+  rescan_ = true;
+  end(std::move(b), {}, std::move(here));
 }
 
 void Mover::back_off_passes() {

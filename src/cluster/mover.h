@@ -18,6 +18,9 @@
 //      a refusal of it ends nothing: only a 200, or 503 with x-skyring-move: not-held (the
 //      receiver checked it has no receipt of the token), ends that move.
 //   Marks found at recovery are resent the same way (start()).
+//   An unknown outcome whose destination has left after a complete handoff
+//   (Membership::left_after_handoff): the same batch, same token, marks kept, goes to the
+//   ids' new owners (redirect()); ids owned here now end their marks and stay.
 // Receiving while leaving: a batch none of whose records has a receipt here is answered
 // 503 not-held (a leaving node stores no new move: its handoff could miss it); a resend of
 // a batch stored earlier is answered as usual (duplicates).
@@ -121,6 +124,8 @@ class Mover final : public MoveSink {
   void end(std::shared_ptr<Batch> b, std::vector<std::string> delivered,
            std::vector<std::string> kept);
   void retry_later(std::shared_ptr<Batch> b, const std::string& why);
+  // An unknown outcome whose destination left after a complete handoff: to the new owners.
+  void redirect(std::shared_ptr<Batch> b);
   void back_off_passes();
   std::string new_token();
   bool foreign(const std::string& id, std::string* dest) const;

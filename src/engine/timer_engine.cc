@@ -884,9 +884,15 @@ void TimerEngine::begin_move(std::vector<std::string> ids, const std::string& de
     Slot& s = sit->second;
     if (s.state == State::kExecuting) continue;
     if (s.moving) {
-      // A resend of the same move (after a crash or an unknown outcome): same token only.
+      // A resend of the same move (after a crash or an unknown outcome): same token only. To
+      // another destination (the first left after a complete handoff: Mover) the mark is
+      // rewritten, so that a restart resends it there.
       auto mv = moving_.find(id);
-      if (mv == moving_.end() || mv->second.token != token || mv->second.dest != dest) continue;
+      if (mv == moving_.end() || mv->second.token != token) continue;
+      if (mv->second.dest != dest) {
+        mv->second.dest = dest;
+        TimerStore::put_move_mark(b, id, dest, token);
+      }
       auto l = lookup(id);
       if (l && l->record) out.push_back(std::move(*l->record));
       continue;

@@ -952,6 +952,26 @@ TEST_F(EngineMoveTest, ImportKeepsDueTimeAttemptsAndStoresATokenOnce) {
 
 // Crash point 4: the sender crashes after the receiver acknowledged, before its delete. On
 // restart it neither fires the timer nor loses it: the resend is a duplicate, then it deletes.
+// A move whose first destination left after a complete handoff goes on, same token, to the
+// timer's new owner (Mover::redirect): the mark names the new destination, also after a
+// restart, and the timer still never fires here.
+TEST_F(EngineMoveTest, AResendToAnotherDestinationRewritesTheMark) {
+  std::string id = create(timer(1000, "m9"));
+  ASSERT_EQ(begin({id}, "a-1", "node-b").size(), 1u);
+  ASSERT_EQ(begin({id}, "a-1", "node-c").size(), 1u);
+  ASSERT_EQ(engine->moving().size(), 1u);
+  EXPECT_EQ(engine->moving()[0].dest, "node-c");
+  start();  // a crash: the rewritten mark is what recovery finds
+  ASSERT_EQ(engine->moving().size(), 1u);
+  EXPECT_EQ(engine->moving()[0].dest, "node-c");
+  EXPECT_EQ(engine->moving()[0].token, "a-1");
+  advance_ms(2000);
+  EXPECT_TRUE(transport->attempts.empty()) << "fired a timer whose move was in flight";
+  EXPECT_TRUE(begin({id}, "a-2", "node-c").empty());  // another token still gets nothing
+  end({id}, "a-1", /*delivered=*/true);
+  EXPECT_EQ(get(id).error().code, Errc::kNotFound);
+}
+
 TEST_F(EngineMoveTest, SenderCrashAfterTheAckFiresNothingTwice) {
   moves::Peer b(clock, ex);
   auto settle_b = [&] { b.settle(); };

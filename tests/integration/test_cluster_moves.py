@@ -522,102 +522,153 @@ class ClusterMovesTest(ClusterTestCase):
         under a new token: two holders if the first send had been stored.)"""
         cluster = self.start_cluster(1)
         a = cluster.node("node-1")
-        c = Client(a.port, timeout=30)
-        ids = ["rs-%02d" % i for i in range(40)]
-        for tid in ids:
-            r = c.create(timer_body("http://127.0.0.1:9/never", timeout=3600_000), timer_id=tid)
-            self.assertEqual(r.status, 201, r)
-        c.close()
-        # A member that is a test server: no answer to the first send, two plain refusals
-        # ("refused") of the resends, then 200 with every record stored.
-        srv = socket.socket()
-        srv.bind(("127.0.0.1", 0))
-        srv.listen(16)
-        srv.settimeout(0.2)
-        port = srv.getsockname()[1]
-        seen = []  # (token, record count) per request
-        done = threading.Event()
+        ids = self.create_far(a, "rs-", 40)
 
-        def read_request(conn):
-            data = b""
-            while b"\r\n\r\n" not in data and len(data) < 1 << 20:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    return None
-                data += chunk
-            head, _, body = data.partition(b"\r\n\r\n")
-            length = 0
-            for line in head.split(b"\r\n")[1:]:
-                k, _, v = line.partition(b":")
-                if k.strip().lower() == b"content-length":
-                    length = int(v.strip())
-            while len(body) < length:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    return None
-                body += chunk
-            (n,) = struct.unpack_from("<I", body, 4)
-            token = body[8:8 + n].decode()
-            (count,) = struct.unpack_from("<I", body, 8 + n)
-            return token, count
-
-        def serve():
-            deadline = time.monotonic() + 60
-            while not done.is_set() and time.monotonic() < deadline:
-                try:
-                    conn, _ = srv.accept()
-                except socket.timeout:
-                    continue
-                conn.settimeout(10)
-                with conn:
-                    while True:
-                        try:
-                            req = read_request(conn)
-                        except OSError:
-                            break
-                        if req is None:
-                            break
-                        seen.append(req)
-                        if len(seen) == 1:
-                            break  # no answer: the outcome is unknown
-                        if len(seen) <= 3:
-                            body = b'{"error":"busy","reason":"test"}'
-                            conn.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: "
-                                         b"application/json\r\nx-skyring-move: refused\r\n"
-                                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
-                            continue
-                        body = json.dumps({"outcomes": "S" * req[1]}, separators=(",", ":"))
-                        body = body.encode()
-                        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
-        server = threading.Thread(target=serve, daemon=True)
-        server.start()
-        nats = cluster.subscribe(subjects=())
-        beat = {"v": 1, "type": "heartbeat", "id": "test-member", "state": "active",
-                "address": "127.0.0.1:%d" % port, "incarnation": 1, "settled": "0"}
-
-        def heartbeats():
-            while not done.is_set():
-                nats.publish("skyring.%s.members" % cluster.name, json.dumps(beat))
-                done.wait(0.3)
-        beater = threading.Thread(target=heartbeats, daemon=True)
-        beater.start()
-
-        def stop_all():
-            done.set()
-            beater.join(5)
-            server.join(5)
-            srv.close()
-        self.addCleanup(stop_all)
-        wait_until(lambda: len(seen) >= 4 and cluster.metric(a, "skyring_cluster_moving") == 0,
+        def answer(n, count):  # no answer to the first send, two plain refusals, then stored
+            if n == 1:
+                return None
+            if n <= 3:
+                return 503, {"x-skyring-move": "refused"}, '{"error":"busy","reason":"test"}'
+            return 200, {}, json.dumps({"outcomes": "S" * count}, separators=(",", ":"))
+        member = TestMember(self, cluster, answer)
+        wait_until(lambda: len(member.seen) >= 4 and
+                   cluster.metric(a, "skyring_cluster_moving") == 0,
                    30, interval=0.05, msg="the move to the test member ended")
-        self.assertEqual(len({t for t, _ in seen}), 1, "the move was planned anew: %r" % seen)
-        moved = seen[-1][1]
+        self.assertEqual(len({t for t, _ in member.seen}), 1,
+                         "the move was planned anew: %r" % member.seen)
+        moved = member.seen[-1][1]
         self.assertGreater(moved, 0)
         wait_until(lambda: cluster.metric(a, "skyring_timers_pending") == len(ids) - moved, 10,
                    interval=0.05, msg="node-1 deleted what the test member stored")
         self.assertGreaterEqual(cluster.metric(a, "skyring_cluster_move_unknown_total"), 3)
 
+    def test_an_unknown_move_to_a_node_that_left_after_its_handoff_goes_to_the_owners(self):
+        """A node whose "gone" says its handoff was complete holds nothing, and stored no move
+        once it began leaving: a move to it whose outcome is unknown goes, same token and marks
+        kept, to the timers' new owners (or stays with the sender if that is the owner), and
+        every timer ends up on exactly one node."""
+        cluster = self.start_cluster(2)
+        a, b = cluster.node("node-1"), cluster.node("node-2")
+        ids = self.create_far(a, "lg-", 60)
+        member = TestMember(self, cluster, lambda n, count: None)  # never answers
+        for n in (a, b):
+            wait_until(lambda: cluster.metric(n, "skyring_cluster_moves_unresolved") >= 1, 30,
+                       interval=0.05, msg="%s has a move with an unknown outcome" % n.node_id)
+        member.gone(handed_over=True)
+        for n in (a, b):
+            wait_until(lambda: cluster.metric(n, "skyring_cluster_moves_unresolved") == 0 and
+                       cluster.metric(n, "skyring_cluster_moving") == 0, 30, interval=0.05,
+                       msg="%s ended its moves" % n.node_id)
+        cluster.wait_settled()
+        on_a, on_b = list_ids(a, prefix="lg-"), list_ids(b, prefix="lg-")
+        self.assertEqual(on_a & on_b, set(), "timers on both nodes")
+        self.assertEqual(on_a | on_b, set(ids))
+        ring = cluster.ring()
+        self.assertTrue(all(ring.owner(t) == "node-1" for t in on_a))
+        self.assertTrue(all(ring.owner(t) == "node-2" for t in on_b))
+
+    def create_far(self, node, prefix, n):
+        c = Client(node.port, timeout=30)
+        ids = ["%s%02d" % (prefix, i) for i in range(n)]
+        for tid in ids:
+            r = c.create(timer_body("http://127.0.0.1:9/never", timeout=3600_000), timer_id=tid)
+            self.assertEqual(r.status, 201, r)
+        c.close()
+        return ids
+
+
+class TestMember:
+    """A ring member that is the test: heartbeats on NATS with its own HTTP server's address,
+    records (token, record count) of every POST /cluster/moves and answers the n-th one (from
+    1) with answer(n, count): (status, headers, body), or None to close without an answer."""
+
+    def __init__(self, case, cluster, answer):
+        self.cluster = cluster
+        self.answer = answer
+        self.seen = []
+        self.done = threading.Event()
+        self.srv = socket.socket()
+        self.srv.bind(("127.0.0.1", 0))
+        self.srv.listen(16)
+        self.srv.settimeout(0.2)
+        self.nats = cluster.subscribe(subjects=())
+        self.beat = {"v": 1, "type": "heartbeat", "id": "test-member", "state": "active",
+                     "address": "127.0.0.1:%d" % self.srv.getsockname()[1], "incarnation": 1,
+                     "settled": "0"}
+        self.threads = [threading.Thread(target=f, daemon=True) for f in (self.serve, self.beats)]
+        for t in self.threads:
+            t.start()
+        case.addCleanup(self.close)
+
+    def gone(self, handed_over):
+        self.done.set()
+        self.threads[1].join(5)
+        msg = {"v": 1, "type": "gone", "id": "test-member", "incarnation": 1,
+               "handed_over": handed_over}
+        self.nats.publish(self.subject(), json.dumps(msg))
+
+    def close(self):
+        self.done.set()
+        for t in self.threads:
+            t.join(5)
+        self.srv.close()
+
+    def subject(self):
+        return "skyring.%s.members" % self.cluster.name
+
+    def beats(self):
+        while not self.done.is_set():
+            self.nats.publish(self.subject(), json.dumps(self.beat))
+            self.done.wait(0.3)
+
+    @staticmethod
+    def read_request(conn):
+        data = b""
+        while b"\r\n\r\n" not in data and len(data) < 1 << 20:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return None
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            k, _, v = line.partition(b":")
+            if k.strip().lower() == b"content-length":
+                length = int(v.strip())
+        while len(body) < length:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return None
+            body += chunk
+        (n,) = struct.unpack_from("<I", body, 4)
+        (count,) = struct.unpack_from("<I", body, 8 + n)
+        return body[8:8 + n].decode(), count
+
+    def serve(self):
+        deadline = time.monotonic() + 120
+        while not self.done.is_set() and time.monotonic() < deadline:
+            try:
+                conn, _ = self.srv.accept()
+            except (socket.timeout, OSError):
+                continue
+            conn.settimeout(10)
+            with conn:
+                while True:
+                    try:
+                        req = self.read_request(conn)
+                    except OSError:
+                        break
+                    if req is None:
+                        break
+                    self.seen.append(req)
+                    ans = self.answer(len(self.seen), req[1])
+                    if ans is None:
+                        break  # closed without an answer: the outcome is unknown
+                    status, headers, body = ans
+                    head = "HTTP/1.1 %d X\r\nContent-Type: application/json\r\n" % status
+                    head += "".join("%s: %s\r\n" % kv for kv in headers.items())
+                    head += "Content-Length: %d\r\n\r\n" % len(body)
+                    conn.sendall(head.encode() + body.encode())
 
 if __name__ == "__main__":
     unittest.main()
