@@ -466,11 +466,8 @@ class ClusterMovesTest(ClusterTestCase):
         sender plans them again instead of waiting for a node that is gone."""
         cluster = self.start_cluster(2)
         a, b = cluster.node("node-1"), cluster.node("node-2")
+        ids = self.create_far(a, "lv-", 40)
         c = Client(a.port, timeout=30)
-        ids = ["lv-%02d" % i for i in range(40)]
-        for tid in ids:
-            r = c.create(timer_body("http://127.0.0.1:9/never", timeout=3600_000), timer_id=tid)
-            self.assertEqual(r.status, 201, r)
         hdrs = {"Content-Type": "application/octet-stream", "x-skyring-cluster": cluster.name}
         r = c.post("/cluster/moves", self.move_batch("tok-active"), headers=hdrs)
         self.assertEqual((r.status, json.loads(r.body)), (200, {"outcomes": ""}), r)
