@@ -1,10 +1,16 @@
 #include <gtest/gtest.h>
+#include <sched.h>
+
+#include <fstream>
+#include <string>
+#include <thread>
 
 #include "base/clock.h"
 #include "base/hash.h"
 #include "base/log.h"
 #include "base/metrics.h"
 #include "base/result.h"
+#include "base/thread.h"
 
 namespace skyring {
 namespace {
@@ -52,6 +58,41 @@ TEST(Metrics, RendersPrometheusText) {
   EXPECT_NE(text.find("skyring_h_seconds_bucket{le=\"1\"} 2\n"), std::string::npos);
   EXPECT_NE(text.find("skyring_h_seconds_bucket{le=\"+Inf\"} 3\n"), std::string::npos);
   EXPECT_NE(text.find("skyring_h_seconds_count 3\n"), std::string::npos);
+}
+
+std::string comm_of_this_thread() {
+  std::ifstream f("/proc/thread-self/comm");
+  std::string name;
+  std::getline(f, name);
+  return name;
+}
+
+TEST(ThreadSetup, NamesTheThreadAndMakesAThroughputThreadBatch) {
+  std::string name;
+  int policy = -1;
+  ThreadSetup setup;
+  std::thread t([&] {
+    setup = set_up_this_thread("sky-test-thread-with-a-long-name", ThreadRole::kThroughput);
+    name = comm_of_this_thread();
+    policy = sched_getscheduler(0);
+  });
+  t.join();
+  EXPECT_TRUE(setup.named);
+  EXPECT_EQ(name, "sky-test-thread");  // cut to the kernel's 15 characters
+  ASSERT_TRUE(setup.role_applied);
+  EXPECT_EQ(policy, SCHED_BATCH);
+  // Only that thread changed.
+  EXPECT_EQ(sched_getscheduler(0), SCHED_OTHER);
+}
+
+TEST(ThreadSetup, ALatencyThreadKeepsItsPolicy) {
+  int policy = -1;
+  std::thread t([&] {
+    EXPECT_TRUE(set_up_this_thread("sky-latency").role_applied);
+    policy = sched_getscheduler(0);
+  });
+  t.join();
+  EXPECT_EQ(policy, SCHED_OTHER);
 }
 
 }  // namespace

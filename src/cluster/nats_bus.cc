@@ -24,6 +24,7 @@
 
 #include "base/clock.h"
 #include "base/log.h"
+#include "base/thread.h"
 #include "delivery/nats_transport.h"
 
 namespace skyring::cluster {
@@ -172,7 +173,10 @@ class LibnatsBus final : public NatsBus {
   // Takes ownership of nc; starts the publisher thread.
   void run(natsConnection* nc) {
     nc_ = nc;
-    publisher_ = std::thread([this] { publish_loop(); });
+    publisher_ = std::thread([this] {
+      set_up_this_thread("sky-events");
+      publish_loop();
+    });
   }
 
   void publish(std::string subject, std::string data, Send send) override {

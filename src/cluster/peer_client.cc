@@ -42,6 +42,7 @@
 #include "base/clock.h"
 #include "base/log.h"
 #include "base/result.h"
+#include "base/thread.h"
 #include "cluster/wire.h"
 
 namespace skyring::cluster {
@@ -151,7 +152,10 @@ class PeerClient::Impl {
       thread_id_ = std::this_thread::get_id();
       return;
     }
-    thread_ = std::thread([this] { io_.run(); });
+    thread_ = std::thread([this] {
+      set_up_this_thread("sky-peer");
+      io_.run();
+    });
     thread_id_ = thread_.get_id();
   }
 

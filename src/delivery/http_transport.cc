@@ -17,6 +17,7 @@
 
 #include "base/ascii.h"
 #include "base/log.h"
+#include "base/thread.h"
 #include "base/version.h"
 #include "delivery/plain_http_client.h"
 
@@ -296,7 +297,10 @@ HttpTransport::Loop::Loop(HttpTransportOptions options) : options_(options), mul
   curl_multi_setopt(multi_, CURLMOPT_MAXCONNECTS,
                     static_cast<long>(options_.max_connections_total));
   try {
-    thread_ = std::thread([this] { run(); });
+    thread_ = std::thread([this] {
+      set_up_this_thread("sky-http-curl");
+      run();
+    });
   } catch (...) {
     SKYRING_ASSERT(false, "cannot start the http transport thread");
   }

@@ -30,6 +30,7 @@
 
 #include "base/ascii.h"
 #include "base/log.h"
+#include "base/thread.h"
 
 namespace skyring {
 
@@ -266,7 +267,10 @@ class ServerLink : public std::enable_shared_from_this<ServerLink> {
 
   bool start() {
     try {
-      thread_ = std::thread([this] { run(); });
+      thread_ = std::thread([this] {
+        set_up_this_thread("sky-nats-out");
+        run();
+      });
     } catch (...) {
       return false;
     }

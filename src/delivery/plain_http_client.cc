@@ -23,6 +23,7 @@
 #include "base/clock.h"
 #include "base/log.h"
 #include "base/result.h"
+#include "base/thread.h"
 
 namespace skyring {
 namespace {
@@ -77,7 +78,10 @@ constexpr const char* kReceive = "Failure when receiving data from the peer";
 class PlainHttpClient::Impl {
  public:
   explicit Impl(PlainHttpOptions options) : options_(options), work_(asio::make_work_guard(io_)) {
-    thread_ = std::thread([this] { io_.run(); });
+    thread_ = std::thread([this] {
+      set_up_this_thread("sky-http-ip");
+      io_.run();
+    });
     thread_id_ = thread_.get_id();
   }
 

@@ -18,6 +18,7 @@
 #include <fmt/ranges.h>
 
 #include "base/log.h"
+#include "base/thread.h"
 #include "skyring/transport_plugin.h"
 
 namespace skyring {
@@ -340,7 +341,10 @@ class PluginTransport final : public Transport {
   PluginTransport(const skyring_transport_plugin* vt, void* state, std::shared_ptr<Core> core,
                   PluginTransportOptions options)
       : vt_(vt), state_(state), core_(std::move(core)), options_(options) {
-    watchdog_ = std::thread([core = core_] { core->watchdog(); });
+    watchdog_ = std::thread([core = core_] {
+      set_up_this_thread("sky-plugin-dog");
+      core->watchdog();
+    });
   }
   ~PluginTransport() override {
     stop();

@@ -23,6 +23,7 @@
 #include "base/ascii.h"
 #include "base/clock.h"
 #include "base/log.h"
+#include "base/thread.h"
 
 namespace skyring {
 namespace {
@@ -111,7 +112,10 @@ class TcpTransport::Impl {
         "tcp transport: connection limits must be positive");
     schedule_sweep();
     try {
-      thread_ = std::thread([this] { run(); });
+      thread_ = std::thread([this] {
+        set_up_this_thread("sky-tcp");
+        run();
+      });
     } catch (...) {
       SKYRING_ASSERT(false, "cannot start the tcp transport thread");
     }

@@ -23,6 +23,7 @@
 #include "base/ascii.h"
 #include "base/clock.h"
 #include "base/log.h"
+#include "base/thread.h"
 
 namespace skyring {
 namespace {
@@ -221,7 +222,10 @@ ZmqTransport::Loop::Loop(ZmqTransportOptions options)
     log::error("zmq transport: {}", ctx_error_);
   }
   try {
-    thread_ = std::thread([this] { run(); });
+    thread_ = std::thread([this] {
+      set_up_this_thread("sky-zmq");
+      run();
+    });
   } catch (...) {
     SKYRING_ASSERT(false, "cannot start the zmq transport thread");
   }

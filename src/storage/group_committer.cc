@@ -44,6 +44,10 @@ void GroupCommitter::stop() {
 }
 
 void GroupCommitter::run() {
+  if (!set_up_this_thread("sky-commit", options_.thread_role).role_applied)
+    log::info(
+        "storage: the committer thread keeps the default scheduling policy "
+        "(SCHED_BATCH was refused)");
   std::vector<Item> group;
   KvBatch merged;
   for (;;) {

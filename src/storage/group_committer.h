@@ -27,6 +27,7 @@
 #include "base/executor.h"
 #include "base/metrics.h"
 #include "base/result.h"
+#include "base/thread.h"
 #include "storage/kv.h"
 
 namespace skyring {
@@ -37,6 +38,9 @@ struct CommitterOptions {
   size_t max_queue_ops = 1'000'000;
   size_t max_group_ops = 65'536;
   bool sync = true;
+  // The committer thread's scheduling role (base/thread.h): kThroughput, so that its wake-ups
+  // inside each fsync do not preempt the event loop on a contended host.
+  ThreadRole thread_role = ThreadRole::kThroughput;
 };
 
 struct CommitterProbe {

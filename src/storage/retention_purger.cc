@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "base/log.h"
+#include "base/thread.h"
 
 namespace skyring {
 PurgerProbe PurgerProbe::make(Registry& r) {
@@ -27,7 +28,10 @@ RetentionPurger::~RetentionPurger() {
 
 void RetentionPurger::start() {
   SKYRING_ASSERT(!thread_.joinable(), "purger started twice");
-  thread_ = std::thread([this] { run(); });
+  thread_ = std::thread([this] {
+    set_up_this_thread("sky-purge");
+    run();
+  });
 }
 
 void RetentionPurger::stop() {
