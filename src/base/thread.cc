@@ -10,11 +10,11 @@ namespace skyring {
 
 ThreadSetup set_up_this_thread(std::string_view name, ThreadRole role) {
   ThreadSetup out;
-  char buf[16];
+#if defined(__linux__)
+  char buf[16];  // the kernel's limit: 15 characters and the terminator
   size_t n = std::min(name.size(), sizeof buf - 1);
   std::memcpy(buf, name.data(), n);
   buf[n] = '\0';
-#if defined(__linux__)
   out.named = pthread_setname_np(pthread_self(), buf) == 0;
   if (role == ThreadRole::kThroughput) {
     sched_param p{};
@@ -25,7 +25,7 @@ ThreadSetup set_up_this_thread(std::string_view name, ThreadRole role) {
     out.role_applied = true;
   }
 #else
-  (void)buf;
+  (void)name;
   out.role_applied = role == ThreadRole::kLatency;
 #endif
   return out;
