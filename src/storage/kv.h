@@ -46,6 +46,10 @@ struct RocksOptions {
   // Table files RocksDB keeps open; it also holds a handful of others (WAL, MANIFEST, LOG,
   // LOCK). The node sizes this from its descriptor plan.
   size_t max_open_files = 512;
+  // Write-ahead log files are written with zeros ahead of use, write_buffer_mb each, so commits
+  // overwrite instead of appending (storage/prepared_wal.h); a log outgrowing that appends the
+  // rest. Not over a FaultInjection, which models appended files only.
+  bool prepared_wal = true;
   // Tests only: every file operation goes through this simulated disk, which can lose power
   // and drop what was not synced (fault_fs.h). After its cut_power() the Kv's destructor
   // cannot flush: destroying the Kv then is a crash, not a clean close. Null in production.

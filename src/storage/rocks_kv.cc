@@ -1,6 +1,8 @@
-// One of the two files that see RocksDB; the other is fault_fs.cc, the power-cut simulation
-// for tests.
+// One of the three files that see RocksDB; the others are prepared_wal.cc (log files written
+// with zeros ahead of use) and fault_fs.cc, the power-cut simulation for tests.
 #include <rocksdb/db.h>
+#include <rocksdb/env.h>
+#include <rocksdb/file_system.h>
 #include <rocksdb/filter_policy.h>
 #include <rocksdb/perf_level.h>
 #include <rocksdb/table.h>
@@ -12,6 +14,7 @@
 
 #include "storage/fault_fs.h"
 #include "storage/kv.h"
+#include "storage/prepared_wal.h"
 
 namespace skyring {
 namespace {
@@ -33,8 +36,12 @@ Error to_error(const rocksdb::Status& s) {
 
 class RocksKv final : public Kv {
  public:
-  RocksKv(std::unique_ptr<rocksdb::DB> db, std::shared_ptr<FaultInjection> fault)
-      : fault_(std::move(fault)), db_(std::move(db)) {}
+  RocksKv(std::unique_ptr<rocksdb::DB> db, std::shared_ptr<FaultInjection> fault,
+          std::shared_ptr<PreparedWalFs> wal_fs, std::unique_ptr<rocksdb::Env> wal_env)
+      : fault_(std::move(fault)),
+        wal_fs_(std::move(wal_fs)),
+        wal_env_(std::move(wal_env)),
+        db_(std::move(db)) {}
   // A clean close: the memtable is flushed to a synced table file. Over a FaultInjection whose
   // power is cut, the flush and the close fail and nothing more reaches the disk.
   ~RocksKv() override {
@@ -87,6 +94,8 @@ class RocksKv final : public Kv {
 
  private:
   std::shared_ptr<FaultInjection> fault_;  // outlives db_, whose Env it owns
+  std::shared_ptr<PreparedWalFs> wal_fs_;  // outlive db_: its Env and file system
+  std::unique_ptr<rocksdb::Env> wal_env_;
   std::unique_ptr<rocksdb::DB> db_;
 };
 
@@ -109,14 +118,24 @@ Result<std::unique_ptr<Kv>> open_rocks_kv(const std::string& dir, const RocksOpt
   t.filter_policy.reset(rocksdb::NewBloomFilterPolicy(10));
   t.cache_index_and_filter_blocks = true;
   o.table_factory.reset(rocksdb::NewBlockBasedTableFactory(t));
-  if (options.fault) o.env = options.fault->env();
+  std::shared_ptr<PreparedWalFs> wal_fs;
+  std::unique_ptr<rocksdb::Env> wal_env;
+  if (options.fault) {
+    o.env = options.fault->env();
+  } else if (options.prepared_wal && options.write_buffer_mb > 0) {
+    wal_fs = make_prepared_wal_fs(rocksdb::FileSystem::Default(), dir,
+                                  uint64_t{options.write_buffer_mb} << 20);
+    wal_env = rocksdb::NewCompositeEnv(as_file_system(wal_fs));
+    o.env = wal_env.get();
+  }
   rocksdb::DB* raw = nullptr;
   rocksdb::Status s = rocksdb::DB::Open(o, dir, &raw);
   if (!s.ok()) {
     return fail(s.IsIOError() ? Errc::kIo : Errc::kCorruption,
                 fmt::format("cannot open storage in {}: {}", dir, s.ToString()));
   }
-  return std::unique_ptr<Kv>(new RocksKv(std::unique_ptr<rocksdb::DB>(raw), options.fault));
+  return std::unique_ptr<Kv>(new RocksKv(std::unique_ptr<rocksdb::DB>(raw), options.fault,
+                                         std::move(wal_fs), std::move(wal_env)));
 }
 
 }  // namespace skyring
