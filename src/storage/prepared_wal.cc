@@ -3,6 +3,7 @@
 #include "storage/prepared_wal.h"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -89,6 +90,13 @@ class PreparedWalFs final : public rocksdb::FileSystemWrapper {
         bytes_(bytes) {
     std::error_code ec;
     std::filesystem::create_directories(dir, ec);  // RocksDB reports a directory it cannot use
+    // Only one process touches the spare: a second one started on this directory by mistake
+    // (RocksDB's LOCK refuses it, but only after this runs) must not rename a spare over the one
+    // the first is taking. Without the lock the layer stays off.
+    dir_fd_ = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dir_fd_ < 0) return;                               // RocksDB's open reports it
+    if (::flock(dir_fd_, LOCK_EX | LOCK_NB) != 0) return;  // RocksDB's LOCK refuses it next
+    enabled_ = true;
     std::filesystem::remove(tmp_, ec);
     struct stat st {};
     if (::stat(spare_.c_str(), &st) == 0 && S_ISREG(st.st_mode) &&
@@ -109,6 +117,7 @@ class PreparedWalFs final : public rocksdb::FileSystemWrapper {
     stop_.store(true);
     cv_.notify_all();
     if (thread_.joinable()) thread_.join();
+    if (dir_fd_ >= 0) ::close(dir_fd_);  // releases the flock
   }
 
   const char* Name() const override { return "SkyringPreparedWal"; }
@@ -116,7 +125,7 @@ class PreparedWalFs final : public rocksdb::FileSystemWrapper {
   rocksdb::IOStatus NewWritableFile(const std::string& fname, const rocksdb::FileOptions& opts,
                                     std::unique_ptr<rocksdb::FSWritableFile>* result,
                                     rocksdb::IODebugContext* dbg) override {
-    if (is_log_name(fname)) {
+    if (enabled_ && is_log_name(fname)) {
       std::unique_lock lock(mu_);
       if (state_ == State::kReady) {
         // Under mu_: the preparing thread never renames over the spare while it is being
@@ -191,6 +200,8 @@ class PreparedWalFs final : public rocksdb::FileSystemWrapper {
 
   const std::string spare_;
   const std::string tmp_;
+  int dir_fd_ = -1;       // flock'ed while this layer may touch the spare
+  bool enabled_ = false;  // the flock is held: set before the thread starts, then read-only
   const uint64_t bytes_;
   mutable std::mutex mu_;
   std::condition_variable cv_;

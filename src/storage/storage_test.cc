@@ -370,6 +370,27 @@ TEST(RocksKvPreparedLog, AWholeSpareFromTheLastRunIsUsed) {
   expect_all(**kv, 20);
 }
 
+// A second opener of a directory in use (another process started on it by mistake) fails on
+// RocksDB's LOCK, and before that it must not prepare a spare of its own: renaming one over the
+// spare the first is taking would leave the first writing a log that has no name. The spare is
+// removed here as if the first had just taken it; the second must not write another.
+TEST(RocksKvPreparedLog, ASecondOpenerDoesNotTouchTheSpare) {
+  TempDir dir;
+  RocksOptions o{8, 1};
+  auto first = open_rocks_kv(dir.path(), o);
+  ASSERT_TRUE(first.has_value()) << first.error().message;
+  std::string spare = dir.path() + "/wal-spare";
+  ASSERT_TRUE(spare_appears(spare, uintmax_t{1} << 20));
+  fs::remove(spare);
+
+  auto second = open_rocks_kv(dir.path(), o);
+  EXPECT_FALSE(second.has_value());
+  EXPECT_FALSE(fs::exists(spare));
+  EXPECT_FALSE(fs::exists(dir.path() + "/wal-spare.tmp"));
+  write_synced(**first, 0, 20);
+  expect_all(**first, 20);
+}
+
 // Off, logs are ordinary appended files and no spare is written.
 TEST(RocksKvPreparedLog, OffMeansNoSpare) {
   TempDir dir;
