@@ -79,8 +79,6 @@ Result<void> write_zeros(const std::string& path, uint64_t bytes, const std::ato
   return {};
 }
 
-}  // namespace
-
 class PreparedWalFs final : public rocksdb::FileSystemWrapper {
  public:
   PreparedWalFs(std::shared_ptr<rocksdb::FileSystem> base, const std::string& dir, uint64_t bytes)
@@ -133,25 +131,15 @@ class PreparedWalFs final : public rocksdb::FileSystemWrapper {
         // the new one).
         rocksdb::IOStatus s = target()->ReuseWritableFile(fname, spare_, opts, result, dbg);
         want_next(lock);
-        if (s.ok()) {
-          ++counts_.used;
-          return s;
-        }
-        ++counts_.errors;
+        if (s.ok()) return s;
         lock.unlock();
         log::warn("storage: could not use the prepared log file {}: {}; {} is a new file", spare_,
                   s.ToString(), fname);
-      } else {
-        ++counts_.missed;
-        if (state_ == State::kNone) want_next(lock);
+      } else if (state_ == State::kNone) {
+        want_next(lock);  // the last preparation failed: try again, once per new log
       }
     }
     return target()->NewWritableFile(fname, opts, result, dbg);
-  }
-
-  PreparedWalCounts counts() const {
-    std::lock_guard lock(mu_);
-    return counts_;
   }
 
  private:
@@ -172,13 +160,11 @@ class PreparedWalFs final : public rocksdb::FileSystemWrapper {
       ::unlink(tmp_.c_str());
     }
     if (r) {
-      ++counts_.prepared;
       state_ = State::kReady;
       return;
     }
     state_ = State::kNone;  // the next log file asks again: no retry loop on a full disk
     if (stop_.load()) return;
-    ++counts_.errors;
     lock.unlock();
     log::warn(
         "storage: could not prepare a log file ({}); log files are new files until one "
@@ -203,26 +189,19 @@ class PreparedWalFs final : public rocksdb::FileSystemWrapper {
   int dir_fd_ = -1;       // flock'ed while this layer may touch the spare
   bool enabled_ = false;  // the flock is held: set before the thread starts, then read-only
   const uint64_t bytes_;
-  mutable std::mutex mu_;
+  std::mutex mu_;
   std::condition_variable cv_;
   State state_ = State::kNone;
   bool stopping_ = false;
   std::atomic<bool> stop_{false};
-  PreparedWalCounts counts_;
   std::thread thread_;  // last: starts after everything it reads
 };
 
-std::shared_ptr<PreparedWalFs> make_prepared_wal_fs(std::shared_ptr<rocksdb::FileSystem> base,
-                                                    const std::string& dir, uint64_t bytes) {
+}  // namespace
+
+std::shared_ptr<rocksdb::FileSystem> make_prepared_wal_fs(std::shared_ptr<rocksdb::FileSystem> base,
+                                                          const std::string& dir, uint64_t bytes) {
   return std::make_shared<PreparedWalFs>(std::move(base), dir, bytes);
-}
-
-std::shared_ptr<rocksdb::FileSystem> as_file_system(const std::shared_ptr<PreparedWalFs>& fs) {
-  return fs;
-}
-
-PreparedWalCounts prepared_wal_counts(const PreparedWalFs& fs) {
-  return fs.counts();
 }
 
 }  // namespace skyring

@@ -33,22 +33,11 @@ class FileSystem;
 
 namespace skyring {
 
-struct PreparedWalCounts {
-  uint64_t prepared = 0;  // spares written
-  uint64_t used = 0;      // log files that were a prepared spare
-  uint64_t missed = 0;    // log files created as new files: no spare was ready
-  uint64_t errors = 0;    // spares that could not be written or renamed
-};
-
-class PreparedWalFs;
-
-// The layer over `base` for the store in `dir`. The first spare is prepared before this
-// returns, so the store's first log is one. Failing to prepare a spare (a full disk) is logged
-// and counted, never fatal: log files are then new files, as without the layer.
-std::shared_ptr<PreparedWalFs> make_prepared_wal_fs(std::shared_ptr<rocksdb::FileSystem> base,
-                                                    const std::string& dir, uint64_t bytes);
-
-std::shared_ptr<rocksdb::FileSystem> as_file_system(const std::shared_ptr<PreparedWalFs>& fs);
-PreparedWalCounts prepared_wal_counts(const PreparedWalFs& fs);
+// The layer over `base` for the store in `dir`, to be RocksDB's file system. The first spare
+// is prepared before this returns, so the store's first log is one. Failing to prepare a spare
+// (a full disk) is logged, never fatal: log files are then new files, as without the layer.
+// Another process holding the directory (flock) leaves the layer off.
+std::shared_ptr<rocksdb::FileSystem> make_prepared_wal_fs(std::shared_ptr<rocksdb::FileSystem> base,
+                                                          const std::string& dir, uint64_t bytes);
 
 }  // namespace skyring

@@ -37,7 +37,7 @@ Error to_error(const rocksdb::Status& s) {
 class RocksKv final : public Kv {
  public:
   RocksKv(std::unique_ptr<rocksdb::DB> db, std::shared_ptr<FaultInjection> fault,
-          std::shared_ptr<PreparedWalFs> wal_fs, std::unique_ptr<rocksdb::Env> wal_env)
+          std::shared_ptr<rocksdb::FileSystem> wal_fs, std::unique_ptr<rocksdb::Env> wal_env)
       : fault_(std::move(fault)),
         wal_fs_(std::move(wal_fs)),
         wal_env_(std::move(wal_env)),
@@ -93,8 +93,8 @@ class RocksKv final : public Kv {
   }
 
  private:
-  std::shared_ptr<FaultInjection> fault_;  // outlives db_, whose Env it owns
-  std::shared_ptr<PreparedWalFs> wal_fs_;  // outlive db_: its Env and file system
+  std::shared_ptr<FaultInjection> fault_;        // outlives db_, whose Env it owns
+  std::shared_ptr<rocksdb::FileSystem> wal_fs_;  // outlive db_: its Env and file system
   std::unique_ptr<rocksdb::Env> wal_env_;
   std::unique_ptr<rocksdb::DB> db_;
 };
@@ -118,14 +118,14 @@ Result<std::unique_ptr<Kv>> open_rocks_kv(const std::string& dir, const RocksOpt
   t.filter_policy.reset(rocksdb::NewBloomFilterPolicy(10));
   t.cache_index_and_filter_blocks = true;
   o.table_factory.reset(rocksdb::NewBlockBasedTableFactory(t));
-  std::shared_ptr<PreparedWalFs> wal_fs;
+  std::shared_ptr<rocksdb::FileSystem> wal_fs;
   std::unique_ptr<rocksdb::Env> wal_env;
   if (options.fault) {
     o.env = options.fault->env();
   } else if (options.prepared_wal && options.write_buffer_mb > 0) {
     wal_fs = make_prepared_wal_fs(rocksdb::FileSystem::Default(), dir,
                                   uint64_t{options.write_buffer_mb} << 20);
-    wal_env = rocksdb::NewCompositeEnv(as_file_system(wal_fs));
+    wal_env = rocksdb::NewCompositeEnv(wal_fs);
     o.env = wal_env.get();
   }
   rocksdb::DB* raw = nullptr;
