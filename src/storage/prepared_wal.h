@@ -11,8 +11,7 @@
 // log's name (RocksDB's ReuseWritableFile) and RocksDB writes it from offset 0; a thread
 // (`sky-walprep`) then prepares the next spare. Without a spare (not ready yet, or an error) the
 // log is an ordinary new file. RocksDB's log format reserves record type 0 for preallocated
-// space, and its reader skips zero blocks, so a zero tail reads as the end of the log; a log
-// RocksDB closes is truncated to what it wrote.
+// space, and its reader skips zero blocks, so a zero tail reads as the end of the log.
 //
 // Safety: only a file that this layer wrote with zeros and synced is ever handed out, never a
 // file RocksDB wrote before (stale records in a recycled log would be replayed). The spare is
