@@ -33,10 +33,6 @@ constexpr size_t kChunk = 1 << 20;
 // (one long burst of writes in front of the next commits' fsyncs).
 constexpr uint64_t kSyncEvery = 8 << 20;
 
-std::string errno_text(int e) {
-  return std::strerror(e);
-}
-
 // A RocksDB write-ahead log file name: digits, then ".log".
 bool is_log_name(const std::string& path) {
   size_t slash = path.rfind('/');
@@ -51,7 +47,8 @@ bool is_log_name(const std::string& path) {
 // turns true, the partial file is removed.
 Result<void> write_zeros(const std::string& path, uint64_t bytes, const std::atomic<bool>& stop) {
   int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return fail(Errc::kIo, fmt::format("cannot create {}: {}", path, errno_text(errno)));
+  if (fd < 0)
+    return fail(Errc::kIo, fmt::format("cannot create {}: {}", path, std::strerror(errno)));
   std::vector<char> zeros(static_cast<size_t>(std::min<uint64_t>(kChunk, bytes)), 0);
   auto give_up = [&](std::string why) -> Result<void> {
     ::close(fd);
@@ -64,17 +61,17 @@ Result<void> write_zeros(const std::string& path, uint64_t bytes, const std::ato
     size_t n = static_cast<size_t>(std::min<uint64_t>(zeros.size(), bytes - done));
     ssize_t w = ::pwrite(fd, zeros.data(), n, static_cast<off_t>(done));
     if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) return give_up(fmt::format("cannot write {}: {}", path, errno_text(errno)));
+    if (w <= 0) return give_up(fmt::format("cannot write {}: {}", path, std::strerror(errno)));
     done += static_cast<uint64_t>(w);
     if (done - synced >= kSyncEvery || done == bytes) {
       if (::fdatasync(fd) != 0)
-        return give_up(fmt::format("cannot sync {}: {}", path, errno_text(errno)));
+        return give_up(fmt::format("cannot sync {}: {}", path, std::strerror(errno)));
       synced = done;
     }
   }
   if (::close(fd) != 0) {
     ::unlink(path.c_str());
-    return fail(Errc::kIo, fmt::format("cannot close {}: {}", path, errno_text(errno)));
+    return fail(Errc::kIo, fmt::format("cannot close {}: {}", path, std::strerror(errno)));
   }
   return {};
 }
@@ -109,10 +106,9 @@ class PreparedWalFs final : public rocksdb::FileSystemWrapper {
 
   ~PreparedWalFs() override {
     {
-      std::lock_guard lock(mu_);
-      stopping_ = true;
+      std::lock_guard lock(mu_);  // so the thread cannot miss the wake-up between check and wait
+      stop_.store(true);
     }
-    stop_.store(true);
     cv_.notify_all();
     if (thread_.joinable()) thread_.join();
     if (dir_fd_ >= 0) ::close(dir_fd_);  // releases the flock
@@ -156,7 +152,7 @@ class PreparedWalFs final : public rocksdb::FileSystemWrapper {
     std::unique_lock lock(mu_);
     if (r && ::rename(tmp_.c_str(), spare_.c_str()) != 0) {
       r = fail(Errc::kIo,
-               fmt::format("cannot rename {} to {}: {}", tmp_, spare_, errno_text(errno)));
+               fmt::format("cannot rename {} to {}: {}", tmp_, spare_, std::strerror(errno)));
       ::unlink(tmp_.c_str());
     }
     if (r) {
@@ -176,8 +172,8 @@ class PreparedWalFs final : public rocksdb::FileSystemWrapper {
     set_up_this_thread("sky-walprep", ThreadRole::kThroughput);
     std::unique_lock lock(mu_);
     for (;;) {
-      cv_.wait(lock, [&] { return stopping_ || state_ == State::kPreparing; });
-      if (stopping_) return;
+      cv_.wait(lock, [&] { return stop_.load() || state_ == State::kPreparing; });
+      if (stop_.load()) return;
       lock.unlock();
       prepare();
       lock.lock();
@@ -192,9 +188,8 @@ class PreparedWalFs final : public rocksdb::FileSystemWrapper {
   std::mutex mu_;
   std::condition_variable cv_;
   State state_ = State::kNone;
-  bool stopping_ = false;
-  std::atomic<bool> stop_{false};
-  std::thread thread_;  // last: starts after everything it reads
+  std::atomic<bool> stop_{false};  // also read by write_zeros, which runs without mu_
+  std::thread thread_;             // last: starts after everything it reads
 };
 
 }  // namespace
